@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make serve   create the virtual environment, install, migrate, start on 127.0.0.1:8000
+#   make test    install the test extras and run every test (SQLite + local folder, PostgreSQL + S3)
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test bench-quality bench-throughput clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(BIN)/userlens migrate
+	$(BIN)/userlens serve
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-quality: $(VENV)/.installed-test
+	$(BIN)/python bench/feature_quality.py
+
+bench-throughput: $(VENV)/.installed-test
+	$(BIN)/python bench/feature_throughput.py --users 1048371
+
+clean:
+	rm -rf $(VENV) .userlens .pytest_cache

@@ -1,0 +1,92 @@
+"""Accounts, access keys and the server master key."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from userlens.accounts.models import AccessKey, Account
+from userlens.storage.db import Database
+
+_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def load_master_key(data_dir: Path, configured: str | None) -> bytes:
+    """The configured key, else the one in {data_dir}/master.key, created (mode 0600) on first use."""
+    if configured:
+        return configured.encode()
+    path = Path(data_dir) / "master.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    account_id: str
+    account_name: str
+    access_key: str
+    secret_key: str
+
+
+class AccountService:
+    def __init__(self, db: Database, master_key: bytes):
+        self.db = db
+        self._master = master_key
+
+    def derive_secret(self, access_key: str, salt: str) -> str:
+        mac = hmac.new(self._master, f"ncp-secret:{access_key}:{salt}".encode(), hashlib.sha256).digest()
+        return base64.b32encode(mac).decode().rstrip("=")[:40]
+
+    def create_account(self, name: str) -> str:
+        with self.db.session() as s:
+            existing = s.execute(select(Account).where(Account.name == name)).scalar_one_or_none()
+            if existing:
+                return existing.id
+            acc = Account(id=str(uuid.uuid4()), name=name)
+            s.add(acc)
+            return acc.id
+
+    def create_key(self, account_name: str) -> Credentials:
+        account_id = self.create_account(account_name)
+        access_key = "".join(secrets.choice(_KEY_ALPHABET) for _ in range(20))
+        salt = secrets.token_hex(16)
+        with self.db.session() as s:
+            s.add(AccessKey(access_key=access_key, account_id=account_id, salt=salt))
+        return Credentials(account_id, account_name, access_key, self.derive_secret(access_key, salt))
+
+    def lookup(self, access_key: str) -> tuple[str, str] | None:
+        """(account_id, secret) of an active key, or None."""
+        with self.db.session() as s:
+            row = s.get(AccessKey, access_key)
+            if row is None or not row.active:
+                return None
+            return row.account_id, self.derive_secret(row.access_key, row.salt)
+
+    def list_keys(self) -> list[tuple[str, str, str]]:
+        with self.db.session() as s:
+            rows = s.execute(select(AccessKey.access_key, Account.name, AccessKey.active).join(Account, Account.id == AccessKey.account_id)).all()
+            return [(k, n, "active" if a else "revoked") for k, n, a in rows]
+
+    def revoke(self, access_key: str) -> bool:
+        with self.db.session() as s:
+            row = s.get(AccessKey, access_key)
+            if row is None:
+                return False
+            row.active = False
+            return True
+
+    def has_any_key(self) -> bool:
+        with self.db.session() as s:
+            return s.execute(select(AccessKey.access_key).limit(1)).first() is not None

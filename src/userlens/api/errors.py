@@ -1,0 +1,87 @@
+"""The one error layer: every error leaves the API through `ApiError` and the handlers below.
+
+NCLUE body (documented in the README and /docs): {"code": <int>, "message": "<NAME>", "details": "<text>"}.
+Codes 10100-10109 are NCLUE's documented ones. NCLUE's table past 10109 is unknown, so userlens's own
+codes live in a separate 19xxx block that can never collide with the real numbers.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from userlens.errors import DomainError
+
+# name -> (HTTP status, NCLUE code)
+NCLUE_CODES: dict[str, tuple[int, int]] = {
+    "ACCESS_DENIED": (401, 10100),
+    "NAME_TOO_LONG": (422, 10101),
+    "DUPLICATE_NAME": (409, 10102),
+    "INVALID_PATH_CHARACTER": (422, 10103),
+    "INVALID_CHARACTER_IN_TRAIN_PATH": (422, 10104),
+    "INVALID_CHARACTER_IN_TEST_PATH": (422, 10105),
+    "PATH_NOT_FOUND": (404, 10106),
+    "TRAIN_PATH_NOT_FOUND": (404, 10107),
+    "TEST_PATH_NOT_FOUND": (404, 10108),
+    "PERSONAL_DATA_NOT_ALLOWED": (422, 10109),
+    # userlens's own block
+    "INVALID_PARAMETER": (400, 19400),
+    "RESOURCE_NOT_FOUND": (404, 19404),
+    "INVALID_STATUS": (409, 19409),
+    "RESOURCE_IN_USE": (409, 19410),
+    "PAYLOAD_TOO_LARGE": (413, 19413),
+    "TOO_MANY_REQUESTS": (429, 19429),
+    "COMMON_ERROR": (500, 19500),
+    "OBS_UNAVAILABLE": (503, 19503),
+}
+
+
+class ApiError(Exception):
+    """An error with its final status and JSON body."""
+
+    def __init__(self, status: int, body: dict, headers: dict | None = None):
+        super().__init__(body)
+        self.status, self.body, self.headers = status, body, headers
+
+
+def nclue_error(name: str, details: str = "") -> ApiError:
+    status, code = NCLUE_CODES.get(name, NCLUE_CODES["COMMON_ERROR"])
+    return ApiError(status, {"code": code, "message": name, "details": details})
+
+
+def _validation_details(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError):
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_request: Request, exc: DomainError):
+        err = nclue_error(exc.name, exc.details)
+        return JSONResponse(err.body, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):
+        err = nclue_error("INVALID_PARAMETER", _validation_details(exc))
+        return JSONResponse(err.body, status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException):
+        name = {404: "RESOURCE_NOT_FOUND", 405: "INVALID_PARAMETER"}.get(exc.status_code, "COMMON_ERROR")
+        err = nclue_error(name, str(exc.detail))
+        return JSONResponse(err.body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _exc: Exception):
+        # Never echo internals (they may hold paths or secrets); the log has the traceback.
+        err = nclue_error("COMMON_ERROR", "internal error; see the server log")
+        return JSONResponse(err.body, status_code=500)

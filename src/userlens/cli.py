@@ -1,0 +1,170 @@
+"""The `userlens` command: serve | worker | migrate | keys | call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from userlens.config import Settings
+
+app = typer.Typer(help="userlens: self-hosted NCLUE-compatible user understanding and AEP-compatible profiles.", no_args_is_help=True)
+keys_app = typer.Typer(help="NCLUE access keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+log = logging.getLogger("userlens.cli")
+
+
+def _settings() -> Settings:
+    from userlens.logs import configure_logging
+
+    s = Settings()
+    configure_logging(s.log_level, s.log_format)
+    return s
+
+
+def _prepare(settings: Settings):
+    """Migrate, build services, make sure the internal bucket exists."""
+    from userlens.services import build_services
+    from userlens.storage.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    svc = build_services(settings)
+    svc.store.create_bucket(settings.internal_bucket)
+    return svc
+
+
+def _save_credentials(settings: Settings, creds) -> Path:
+    path = settings.data_dir / "credentials.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"account": creds.account_name, "access_key": creds.access_key, "secret_key": creds.secret_key}, f)
+    return path
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the metadata database schema to the latest version."""
+    from userlens.storage.migrate import current, upgrade
+
+    s = _settings()
+    upgrade(s.database_url)
+    typer.echo(f"database at revision {current(s.database_url)}")
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Listen address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+    workers: Optional[int] = typer.Option(None, help="In-process worker threads (0: run `userlens worker` separately)."),
+    samples: bool = typer.Option(True, help="Install the sample bucket if missing."),
+) -> None:
+    """Run the HTTP service (and, by default, in-process workers)."""
+    import uvicorn
+
+    from userlens.api.app import create_app
+    from userlens.samples import sequences as sample_sequences
+
+    settings = _settings()
+    if workers is not None:
+        settings.workers = workers
+    svc = _prepare(settings)
+    if not svc.accounts.has_any_key():
+        creds = svc.accounts.create_key("default")
+        path = _save_credentials(settings, creds)
+        typer.echo(
+            "\n=== First start: an access key was created for account 'default' ===\n"
+            f"  access key: {creds.access_key}\n"
+            f"  secret key: {creds.secret_key}\n"
+            f"This secret is shown once. `userlens call` reads it from {path} (mode 0600).\n"
+        )
+    if samples and sample_sequences.install(svc.store):
+        typer.echo(f"Sample data written to bucket '{sample_sequences.SAMPLE_BUCKET}': {sample_sequences.SAMPLE_KEY}")
+    application = create_app(settings, svc)
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None)
+
+
+@app.command()
+def worker(threads: int = typer.Option(1, help="Jobs run at once by this process.")) -> None:
+    """Run job workers as a separate process (any number may share one database)."""
+    settings = _settings()
+    svc = _prepare(settings)
+    w = svc.make_worker(threads)
+    signal.signal(signal.SIGTERM, lambda *_: w._stop.set())
+    typer.echo(f"worker {w.worker_id} running {threads} thread(s); kinds: {', '.join(sorted(svc.registry.kinds))}")
+    w.run_forever()
+
+
+@keys_app.command("create")
+def keys_create(account: str = typer.Option("default", help="Account the key belongs to (created if new)."), save: bool = typer.Option(False, help="Also save it as the credentials `userlens call` uses.")) -> None:
+    """Create an access key; its secret is printed once."""
+    settings = _settings()
+    svc = _prepare(settings)
+    creds = svc.accounts.create_key(account)
+    typer.echo(json.dumps({"account": account, "access_key": creds.access_key, "secret_key": creds.secret_key}, indent=2))
+    if save:
+        typer.echo(f"saved to {_save_credentials(settings, creds)}", err=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List access keys (never their secrets)."""
+    svc = _prepare(_settings())
+    for key, account, state in svc.accounts.list_keys():
+        typer.echo(f"{key}\t{account}\t{state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(access_key: str) -> None:
+    """Revoke an access key."""
+    svc = _prepare(_settings())
+    if not svc.accounts.revoke(access_key):
+        typer.echo("no such key", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {access_key}")
+
+
+@app.command()
+def call(
+    method: str = typer.Argument(..., help="GET, POST or DELETE"),
+    path: str = typer.Argument(..., help="e.g. /api/v1/features or '/api/v1/features?index=0&limit=5'"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="JSON body for POST."),
+    url: Optional[str] = typer.Option(None, help="Service URL (default http://127.0.0.1:8000 or USERLENS_URL)."),
+    wait: bool = typer.Option(False, help="After a POST, poll the new resource until completed or failed."),
+) -> None:
+    """Send a signed NCLUE request and print the JSON answer."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from userlens.client import NclueClient, NclueError, load_credentials
+
+    settings = Settings()
+    access_key, secret_key = load_credentials(settings.data_dir)
+    base = url or os.environ.get("USERLENS_URL") or f"http://{settings.host}:{settings.port}"
+    client = NclueClient(base, access_key, secret_key)
+    parts = urlsplit(path)
+    params = dict(parse_qsl(parts.query)) or None
+    try:
+        result = client.request(method.upper(), parts.path, params, json.loads(data) if data else None)
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        if wait and method.upper() == "POST" and isinstance(result, dict):
+            rid = next((v for k, v in result.items() if k.endswith("_id") and k != "task_id"), None)
+            if rid:
+                final = client.wait(f"{parts.path.rstrip('/')}/{rid}")
+                typer.echo(json.dumps(final, indent=2, ensure_ascii=False))
+    except NclueError as exc:
+        typer.echo(json.dumps(exc.body, indent=2, ensure_ascii=False), err=True)
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

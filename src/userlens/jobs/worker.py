@@ -1,0 +1,155 @@
+"""Workers: threads that claim jobs, run their handlers under a heartbeat, and record the ending.
+
+`userlens serve` starts them in-process; `userlens worker` runs them as a separate process. Any number
+of workers, in any number of processes, may share one database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from userlens.jobs.engine import (
+    COMMON_ERROR,
+    JobCancelled,
+    JobContext,
+    JobFailure,
+    JobQueue,
+    JobRegistry,
+    LeaseLost,
+    TransientJobError,
+)
+from userlens.jobs.models import Job, JobStatus
+
+log = logging.getLogger("userlens.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the lease alive and relays progress and cancel requests while a handler runs."""
+
+    def __init__(self, queue: JobQueue, ctx: JobContext):
+        super().__init__(daemon=True, name=f"heartbeat-{ctx.job_id[:8]}")
+        self.queue, self.ctx = queue, ctx
+        self.stop_event = threading.Event()
+        self.interval = max(0.05, queue.lease_seconds / 3)
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            fraction, message = self.ctx._progress
+            owner, cancel = self.queue.heartbeat(self.ctx.job_id, self.ctx.worker_id, fraction, message)
+        except Exception as exc:  # database briefly unreachable: keep trying until the lease runs out
+            log.warning("heartbeat of job %s failed: %s", self.ctx.job_id, exc)
+            return
+        if not owner:
+            self.ctx._lost.set()
+        if cancel:
+            self.ctx._cancel.set()
+
+
+class Worker:
+    def __init__(self, queue: JobQueue, registry: JobRegistry, services: Any = None, *, threads: int = 1, poll_interval: float = 0.2, worker_id: str | None = None):
+        self.queue, self.registry, self.services = queue, registry, services
+        self.threads = threads
+        self.poll_interval = poll_interval
+        self.worker_id = worker_id or new_worker_id()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.threads):
+            t = threading.Thread(target=self._loop, args=(f"{self.worker_id}/{i}",), daemon=True, name=f"worker-{i}")
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    def _loop(self, slot_id: str) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_one(slot_id)
+            except Exception:  # never let one bad job or a database blip end the worker
+                log.exception("worker loop error")
+                ran = False
+            if not ran:
+                self._stop.wait(self.poll_interval)
+
+    # -- one job -------------------------------------------------------------------------------
+    def run_one(self, slot_id: str | None = None) -> bool:
+        """Claims and runs at most one job. Returns whether a job was run."""
+        slot_id = slot_id or self.worker_id
+        job = self.queue.claim(slot_id, list(self.registry.kinds))
+        if job is None:
+            return False
+        self._run(job, slot_id)
+        return True
+
+    def _run(self, job: Job, slot_id: str) -> None:
+        kind = self.registry.kinds[job.kind]
+        ctx = JobContext(job.id, job.kind, job.scope, dict(job.payload or {}), job.attempts, job.checkpoint, self.queue, slot_id, self.services)
+        hb = Heartbeat(self.queue, ctx)
+        hb.start()
+        started = time.monotonic()
+        log.info("job %s (%s) attempt %d started", job.id, job.kind, job.attempts)
+        ending = "failed"
+        try:
+            outcome = kind.handler(ctx)
+            ctx.check()
+            hb.beat()
+            ctx.check()
+            if self.queue.complete(job.id, slot_id, outcome):
+                ending = "completed"
+            else:
+                ending = "lease lost before publishing"
+        except LeaseLost:
+            ending = "lease lost"
+        except JobCancelled:
+            self.queue.fail(job.id, slot_id, "CANCELLED", "cancelled while running", kind.on_fail, status=JobStatus.CANCELLED)
+            ending = "cancelled"
+        except TransientJobError as exc:
+            if job.attempts < job.max_attempts and self.queue.retry_later(job.id, slot_id, str(exc), job.attempts):
+                ending = f"will retry ({exc.code})"
+            else:
+                self.queue.fail(job.id, slot_id, exc.code, exc.detail, kind.on_fail)
+                ending = f"failed {exc.code}"
+        except JobFailure as exc:
+            self.queue.fail(job.id, slot_id, exc.code, exc.detail, kind.on_fail)
+            ending = f"failed {exc.code}"
+        except Exception as exc:
+            log.exception("job %s crashed", job.id)
+            self.queue.fail(job.id, slot_id, COMMON_ERROR, f"{type(exc).__name__}: {exc}", kind.on_fail)
+            ending = f"failed {COMMON_ERROR}"
+        finally:
+            hb.stop_event.set()
+            hb.join(5)
+        if ending != "completed" and kind.on_abort is not None:
+            try:
+                kind.on_abort(ctx)
+            except Exception:
+                log.warning("cleanup after job %s failed", job.id, exc_info=True)
+        log.info("job %s (%s) attempt %d %s in %.2fs", job.id, job.kind, job.attempts, ending, time.monotonic() - started)

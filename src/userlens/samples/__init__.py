@@ -1,0 +1,1 @@
+"""Sample data shipped with userlens (generated deterministically, so nothing is downloaded)."""

@@ -1,0 +1,55 @@
+"""Wiring: builds the database, object store, job engine and domain services from Settings.
+
+Used by the HTTP app, `userlens worker` and the CLI, so all three see the same objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from userlens.accounts.service import AccountService, load_master_key
+from userlens.config import Settings
+from userlens.jobs.engine import JobQueue, JobRegistry
+from userlens.jobs.worker import Worker
+from userlens.storage.db import Database
+from userlens.storage.objectstore import ObjectStore, make_object_store
+from userlens.understanding.features import FeatureDeps, FeatureService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: ObjectStore
+    queue: JobQueue
+    registry: JobRegistry
+    accounts: AccountService
+    features: FeatureService
+
+    def make_worker(self, threads: int | None = None) -> Worker:
+        return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    store = make_object_store(settings)
+    queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, retry_backoff_seconds=settings.retry_backoff_seconds)
+    registry = JobRegistry()
+    master = load_master_key(settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None)
+    accounts = AccountService(db, master)
+    features = FeatureService(
+        FeatureDeps(
+            db=db,
+            store=store,
+            queue=queue,
+            internal_bucket=settings.internal_bucket,
+            quota_bytes=settings.storage_quota_bytes,
+            chunk_rows=settings.feature_chunk_rows,
+            fault_slow_chunk_ms=settings.fault_slow_chunk_ms,
+        )
+    )
+    features.register_jobs(registry)
+    return Services(settings, db, store, queue, registry, accounts, features)

@@ -1,0 +1,218 @@
+"""NCLUE Features: create (validate, register a job), list, get, delete, and the job that makes them.
+
+The job streams the sequence dataset in chunks of `feature_chunk_rows` users: parse and validate,
+tokenise and encode, write one Parquet part per chunk under an attempt-unique folder of the internal
+bucket. Only the transaction that completes the job sets `vectors_prefix`, so the vectors become
+visible all at once; a failed or lost attempt's folder is removed (or later found by fsck).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from userlens.errors import Conflict, DomainError, NotFound
+from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, Outcome, TransientJobError
+from userlens.jobs.models import Job, JobStatus
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError
+from userlens.understanding import sequences, vectors
+from userlens.understanding.encoder import DEFAULT_MODEL, get_encoder
+from userlens.understanding.models import Feature
+from userlens.understanding.validation import check_name, check_path_characters, check_path_exists
+
+JOB_KIND = "nclue.feature"
+RUNNING = (JobStatus.PENDING.value, JobStatus.IN_PROGRESS.value)
+ACTIVE = (JobStatus.REGISTERED.value, *RUNNING)
+
+
+def account_scope(account_id: str) -> str:
+    return f"nclue:{account_id}"
+
+
+def feature_root(account_id: str, feature_id: str) -> str:
+    return f"nclue/{account_id}/features/{feature_id}"
+
+
+@dataclass
+class FeatureDeps:
+    """What the Feature service needs; built once by the app or the worker."""
+
+    db: object
+    store: ObjectStore
+    queue: JobQueue
+    internal_bucket: str
+    quota_bytes: int
+    chunk_rows: int = 65536
+    fault_slow_chunk_ms: int = 0
+    model_name: str = DEFAULT_MODEL
+
+
+# Later domains (Tasks, Runs, Custom Attributes) register checks that name their active dependents.
+DependentCheck = Callable[[Session, str], list[str]]
+
+
+class FeatureService:
+    def __init__(self, deps: FeatureDeps):
+        self.deps = deps
+        self.dependent_checks: list[DependentCheck] = []
+
+    # -- create --------------------------------------------------------------------------------
+    def create(self, account_id: str, name: object, source_bucket: object, source_file_path: object) -> Feature:
+        d = self.deps
+        name = check_name(name)
+        with d.db.session() as s:
+            self._check_unique(s, account_id, name)
+        path = check_path_characters(source_file_path, "source_file_path", "INVALID_PATH_CHARACTER")
+        check_path_exists(d.store, source_bucket, path, "source_file_path", "PATH_NOT_FOUND", d.internal_bucket)
+        feature_id = str(uuid.uuid4())
+        with d.db.session() as s:
+            self._check_unique(s, account_id, name)
+            job = d.queue.submit(s, JOB_KIND, account_scope(account_id), {"feature_id": feature_id, "account_id": account_id})
+            s.flush()
+            feature = Feature(id=feature_id, account_id=account_id, name=name, job_id=job.id, source_bucket=source_bucket, source_file_path=path, model_name=d.model_name, created_at=job.created_at)
+            s.add(feature)
+            s.flush()
+            s.refresh(feature)
+            return feature
+
+    def _check_unique(self, s: Session, account_id: str, name: str) -> None:
+        if s.execute(select(Feature.id).where(Feature.account_id == account_id, Feature.name == name)).first():
+            raise DomainError(f"a Feature named {name!r} already exists", name="DUPLICATE_NAME")
+
+    # -- read ----------------------------------------------------------------------------------
+    def get(self, account_id: str, feature_id: str) -> Feature:
+        with self.deps.db.session() as s:
+            f = s.execute(select(Feature).where(Feature.id == feature_id, Feature.account_id == account_id)).scalar_one_or_none()
+            if f is None:
+                raise NotFound(f"feature {feature_id} not found")
+            return f
+
+    def list(self, account_id: str, index: int, limit: int) -> tuple[int, list[Feature]]:
+        with self.deps.db.session() as s:
+            total = s.execute(select(func.count()).select_from(Feature).where(Feature.account_id == account_id)).scalar_one()
+            rows = s.execute(select(Feature).where(Feature.account_id == account_id).order_by(Feature.created_at.desc(), Feature.id.desc()).offset(index).limit(limit)).scalars().all()
+            return total, list(rows)
+
+    # -- delete --------------------------------------------------------------------------------
+    def delete(self, account_id: str, feature_id: str) -> str:
+        d = self.deps
+        with d.db.session() as s:
+            f = s.execute(select(Feature).where(Feature.id == feature_id, Feature.account_id == account_id).with_for_update()).scalar_one_or_none()
+            if f is None:
+                raise NotFound(f"feature {feature_id} not found")
+            status = f.job.status
+            if status in RUNNING:
+                raise Conflict(f"feature {feature_id} is {status}; it can be deleted once it is completed or failed")
+            dependents = [dep for check in self.dependent_checks for dep in check(s, feature_id)]
+            if dependents:
+                raise Conflict(f"feature {feature_id} is used by running jobs: {', '.join(dependents)}", name="RESOURCE_IN_USE")
+            if status == JobStatus.REGISTERED.value and not d.queue.cancel_registered(s, f.job_id):
+                raise Conflict(f"feature {feature_id} has just been queued; it can be deleted once it is completed or failed")
+            s.delete(f)
+        # The row is gone (readers see a consistent state); now the vectors. A failure here leaves
+        # orphans that `userlens fsck` reports, never a Feature pointing at missing vectors.
+        try:
+            d.store.delete_prefix(d.internal_bucket, feature_root(account_id, feature_id))
+        except ObjectStoreError:
+            pass
+        return feature_id
+
+    # -- storage accounting --------------------------------------------------------------------
+    def storage_used(self, s: Session, account_id: str) -> int:
+        return int(s.execute(select(func.coalesce(func.sum(Feature.disk_usage), 0)).where(Feature.account_id == account_id)).scalar_one())
+
+    # -- the job -------------------------------------------------------------------------------
+    def register_jobs(self, registry: JobRegistry) -> None:
+        registry.register(JOB_KIND, self.run_job, on_abort=self._abort)
+
+    def _abort(self, ctx: JobContext) -> None:
+        p = ctx.payload
+        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{feature_root(p['account_id'], p['feature_id'])}/{ctx.attempt_tag}")
+
+    def run_job(self, ctx: JobContext) -> Outcome:
+        d = self.deps
+        account_id, feature_id = ctx.payload["account_id"], ctx.payload["feature_id"]
+        with d.db.session() as s:
+            feature = s.get(Feature, feature_id)
+            if feature is None:
+                raise JobFailure("COMMON_ERROR", "the Feature was deleted")
+            bucket, path, model_name = feature.source_bucket, feature.source_file_path, feature.model_name
+            used = self.storage_used(s, account_id)
+        encoder = get_encoder(model_name)
+        root = feature_root(account_id, feature_id)
+        prefix = f"{root}/{ctx.attempt_tag}"
+        self._remove_stale_attempts(root, keep=ctx.attempt_tag)
+
+        keys = sequences.list_input_files(d.store, bucket, path)
+        if not keys:
+            raise JobFailure("NOT_EXIST_FILE", f"no file at {bucket}/{path}")
+        try:
+            total_bytes = sum(d.store.size(bucket, k) for k in keys) or 1
+        except FileNotFoundError as exc:
+            raise JobFailure("NOT_EXIST_FILE", str(exc)) from exc
+        except ObjectStoreError as exc:
+            raise TransientJobError("OBS_DOWNLOAD_FAILED", str(exc)) from exc
+
+        dup = sequences.DuplicateDetector()
+        users = tokens = written = 0
+        for i, chunk in enumerate(sequences.iter_chunks(d.store, bucket, keys, d.chunk_rows)):
+            ctx.check()
+            if len(set(chunk.user_ids)) != len(chunk.user_ids):
+                seen: set[str] = set()
+                first = next(u for u in chunk.user_ids if u in seen or seen.add(u))
+                raise JobFailure("DUPLICATE_USERID", f"user_id {first!r} appears more than once")
+            dup.add(chunk.user_ids)
+            vecs, counts = encoder.encode(chunk.sequences)
+            try:
+                written += vectors.write_part(d.store, d.internal_bucket, f"{prefix}/part-{i:05d}.parquet", chunk.user_ids, vecs)
+            except ObjectStoreError as exc:
+                raise TransientJobError("OBS_UPLOAD_FAILED", f"writing vectors: {exc}") from exc
+            if used + written > d.quota_bytes:
+                raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used, this Feature needs more than {written})")
+            users += len(chunk.user_ids)
+            tokens += int(counts.sum())
+            ctx.progress(min(0.99, chunk.consumed_bytes / total_bytes), f"{users} users, {tokens} tokens")
+            if d.fault_slow_chunk_ms:
+                time.sleep(d.fault_slow_chunk_ms / 1000)
+        if users == 0:
+            raise JobFailure("NOT_EXIST_FILE", f"{bucket}/{path} holds no user")
+        self._check_duplicates(dup, prefix)
+        disk_usage = d.store.usage(d.internal_bucket, prefix)
+
+        def publish(s: Session) -> None:
+            s.execute(
+                update(Feature)
+                .where(Feature.id == feature_id)
+                .values(user_count=users, token_count=tokens, disk_usage=disk_usage, dim=encoder.dim, vectors_prefix=prefix)
+            )
+
+        return Outcome(result={"user_count": users, "token_count": tokens, "disk_usage": disk_usage}, publish=publish)
+
+    def _check_duplicates(self, dup: sequences.DuplicateDetector, prefix: str) -> None:
+        candidates = dup.candidate_hashes()
+        if candidates.size == 0:
+            return
+        # Exact check of the few ids whose 64-bit hashes collide.
+        wanted = set(int(h) for h in candidates)
+        seen: set[str] = set()
+        for ids, _ in vectors.iter_vectors(self.deps.store, self.deps.internal_bucket, prefix, columns=("user_id",)):
+            for u in ids:
+                if sequences.DuplicateDetector.hash_of(u) in wanted:
+                    if u in seen:
+                        raise JobFailure("DUPLICATE_USERID", f"user_id {u!r} appears more than once")
+                    seen.add(u)
+
+    def _remove_stale_attempts(self, root: str, keep: str) -> None:
+        d = self.deps
+        try:
+            for obj in d.store.list(d.internal_bucket, root):
+                attempt = obj.key[len(root) + 1 :].split("/", 1)[0]
+                if attempt != keep:
+                    d.store.delete_prefix(d.internal_bucket, f"{root}/{attempt}")
+        except ObjectStoreError as exc:
+            raise TransientJobError("OBS_UPLOAD_FAILED", str(exc)) from exc

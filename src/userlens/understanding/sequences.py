@@ -1,0 +1,177 @@
+"""Reading NCLUE sequence datasets (`user_id\\tb1->b2->...`, UTF-8, tab-delimited `.csv`) as a stream.
+
+The input is one object or a folder of part files (Hadoop style: hidden files and names starting
+with `_` or `.`, such as `_SUCCESS`, are skipped). Lines are read in blocks, so memory stays bounded
+whatever the file size. Every violation raises a `JobFailure` with the documented fail_message code
+and, in its detail, the file and line number.
+
+Rules (documented in the README):
+  - blank lines are skipped; a trailing `\\r` is removed (CRLF files work);
+  - a line must be `user_id<TAB>sequence` with exactly one tab, a non-empty user id and at least one
+    non-empty behaviour (empty behaviours between arrows are ignored) -> else UNEXPECTED_TXT_FORMAT;
+  - the text must be UTF-8 (a UTF-8 BOM at the start is allowed) -> else UNEXPECTED_TXT_FORMAT;
+  - binary or compressed content (NUL bytes, gzip/zip/bzip2/xz/zstd/Parquet magic) -> UNEXPECTED_FILE_TYPE;
+  - user ids longer than 100 characters -> LIMIT_ERROR_MID_LENGTH; repeated user ids -> DUPLICATE_USERID;
+  - no file, or no user at all -> NOT_EXIST_FILE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import xxhash
+
+from userlens.jobs.engine import JobFailure, TransientJobError
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError
+
+MAX_USER_ID_LENGTH = 100
+BLOCK_BYTES = 4 * 1024 * 1024
+MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"PK\x03\x04": "zip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PAR1": "parquet",
+    b"7z\xbc\xaf\x27\x1c": "7z",
+}
+
+
+def list_input_files(store: ObjectStore, bucket: str, path: str) -> list[str]:
+    """The object keys a path names: itself if it is an object, else the visible files under it."""
+    try:
+        if not path.endswith("/") and store.exists(bucket, path):
+            return [path]
+        if store.is_dir(bucket, path):
+            keys = []
+            for obj in store.list(bucket, path):
+                rel = obj.key[len(path.rstrip("/")) + 1 :]
+                if any(part.startswith(("_", ".")) for part in rel.split("/")):
+                    continue
+                keys.append(obj.key)
+            return keys
+        return []
+    except ObjectStoreError as exc:
+        raise TransientJobError("OBS_DOWNLOAD_FAILED", str(exc)) from exc
+
+
+@dataclass
+class SequenceChunk:
+    user_ids: list[str]
+    sequences: list[str]
+    consumed_bytes: int  # input bytes read so far, across all files (for progress)
+
+
+def _check_binary(key: str, head: bytes) -> None:
+    for magic, kind in MAGIC.items():
+        if head.startswith(magic):
+            raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: {kind}-compressed or binary content; expected UTF-8 tab-delimited text")
+    if b"\x00" in head:
+        raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: binary content (NUL bytes); expected UTF-8 tab-delimited text")
+
+
+def iter_lines(store: ObjectStore, bucket: str, key: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line without newline) for every line of one object, in bounded blocks."""
+    try:
+        f = store.open_read(bucket, key)
+    except FileNotFoundError as exc:
+        raise JobFailure("NOT_EXIST_FILE", f"{key} does not exist") from exc
+    except ObjectStoreError as exc:
+        raise TransientJobError("OBS_DOWNLOAD_FAILED", f"{key}: {exc}") from exc
+    lineno = 0
+    rest = b""
+    first = True
+    with f:
+        while True:
+            try:
+                block = f.read(BLOCK_BYTES)
+            except FileNotFoundError as exc:
+                raise JobFailure("NOT_EXIST_FILE", f"{key} disappeared while reading") from exc
+            except Exception as exc:
+                raise TransientJobError("OBS_DOWNLOAD_FAILED", f"{key}: {exc}") from exc
+            if first:
+                _check_binary(key, block[:4096])
+                if block.startswith(b"\xef\xbb\xbf"):
+                    block = block[3:]
+                first = False
+            elif b"\x00" in block:
+                raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: binary content (NUL bytes) after line {lineno}")
+            if not block:
+                break
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                lineno += 1
+                yield lineno, line
+        if rest:
+            yield lineno + 1, rest
+
+
+def parse_line(key: str, lineno: int, raw: bytes) -> tuple[str, str] | None:
+    """(user_id, sequence) of one line, None for a blank line; raises the documented failures."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    parts = text.split("\t")
+    if len(parts) != 2:
+        raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: expected user_id<TAB>sequence, found {len(parts) - 1} tabs")
+    user_id, sequence = parts[0].strip(), parts[1]
+    if not user_id:
+        raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: empty user_id")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise JobFailure("LIMIT_ERROR_MID_LENGTH", f"{key} line {lineno}: user_id of {len(user_id)} characters (maximum {MAX_USER_ID_LENGTH})")
+    if not any(b.strip() for b in sequence.split("->")):
+        raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: user {user_id!r} has no behaviour")
+    return user_id, sequence
+
+
+def iter_chunks(store: ObjectStore, bucket: str, keys: list[str], chunk_rows: int) -> Iterator[SequenceChunk]:
+    """Validated users of all input files, `chunk_rows` at a time."""
+    ids: list[str] = []
+    seqs: list[str] = []
+    consumed = 0
+    for key in keys:
+        for lineno, raw in iter_lines(store, bucket, key):
+            consumed += len(raw) + 1
+            parsed = parse_line(key, lineno, raw)
+            if parsed is None:
+                continue
+            ids.append(parsed[0])
+            seqs.append(parsed[1])
+            if len(ids) >= chunk_rows:
+                yield SequenceChunk(ids, seqs, consumed)
+                ids, seqs = [], []
+    if ids:
+        yield SequenceChunk(ids, seqs, consumed)
+
+
+class DuplicateDetector:
+    """Finds repeated user ids in bounded memory: 8 bytes per user (64-bit hashes), checked at the end.
+
+    A hash collision between different ids (probability ~n^2/2^65) is resolved by the caller's exact
+    check (`resolve`), so a collision never fails a valid file."""
+
+    def __init__(self) -> None:
+        self._hashes: list[np.ndarray] = []
+
+    def add(self, user_ids: list[str]) -> None:
+        self._hashes.append(np.fromiter((xxhash.xxh64_intdigest(u.encode()) for u in user_ids), dtype=np.uint64, count=len(user_ids)))
+
+    def candidate_hashes(self) -> np.ndarray:
+        if not self._hashes:
+            return np.empty(0, dtype=np.uint64)
+        allh = np.sort(np.concatenate(self._hashes))
+        self._hashes = [allh]
+        dup = allh[1:][allh[1:] == allh[:-1]]
+        return np.unique(dup)
+
+    @staticmethod
+    def hash_of(user_id: str) -> int:
+        return xxhash.xxh64_intdigest(user_id.encode())

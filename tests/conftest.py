@@ -1,0 +1,122 @@
+"""Fixtures shared by the suite. Every service-level test runs once per backend combination
+(see tests/infra/backends.py): SQLite + local folder, and PostgreSQL + a real S3 server."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+from userlens.config import Settings
+from userlens.storage.db import Database
+from userlens.storage.migrate import upgrade
+
+warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
+
+
+@pytest.fixture
+def database(tmp_path):
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    db = Database(url)
+    yield db
+    db.dispose()
+
+
+@dataclass
+class NclueEnv:
+    """A running userlens (app + services) with a signed client, and helpers for tests."""
+
+    svc: object
+    app: object
+    client: object
+    account_id: str
+    bucket: str
+    http: object
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def store(self):
+        return self.svc.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.svc.settings
+
+    def put(self, key: str, data: bytes | str) -> None:
+        self.store.write_bytes(self.bucket, key, data.encode() if isinstance(data, str) else data)
+
+    def run_jobs(self, timeout: float = 60.0) -> int:
+        """Runs queued jobs in this thread until none is left (bounded in time)."""
+        import time
+
+        worker = self.svc.make_worker(1)
+        n = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if worker.run_one():
+                n += 1
+                continue
+            # retries wait for their backoff: keep going while a job is still active
+            with self.svc.db.session() as s:
+                active = self.svc.queue.active_count(s)
+            if not active:
+                return n
+            time.sleep(0.02)
+        raise TimeoutError("jobs still active")
+
+    def job_of(self, feature_id: str):
+        from userlens.understanding.models import Feature
+
+        with self.svc.db.session() as s:
+            return s.get(Feature, feature_id).job
+
+    def other_client(self):
+        from userlens.client import NclueClient
+
+        creds = self.svc.accounts.create_key(f"other-{uuid.uuid4().hex[:6]}")
+        return NclueClient("http://testserver", creds.access_key, creds.secret_key, http=self.http)
+
+    def settings_chunk_rows(self, n: int) -> None:
+        self.svc.features.deps.chunk_rows = n
+
+
+@pytest.fixture
+def backend(tmp_path):
+    """(database_url, settings overrides) of the backend under test."""
+    url = f"sqlite:///{tmp_path}/userlens.db"
+    return url, {"object_store": "local", "storage_root": tmp_path / "buckets"}
+
+
+@pytest.fixture
+def nclue(backend, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from userlens.api.app import create_app
+    from userlens.client import NclueClient
+    from userlens.services import build_services
+
+    url, overrides = backend
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=url,
+        workers=0,
+        internal_bucket=f"internal-{uuid.uuid4().hex[:10]}",
+        lease_seconds=5,
+        retry_backoff_seconds=0.01,
+        master_key="test-master-key",
+        **overrides,
+    )
+    upgrade(url)
+    svc = build_services(settings)
+    svc.store.create_bucket(settings.internal_bucket)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    svc.store.create_bucket(bucket)
+    creds = svc.accounts.create_key(f"acct-{uuid.uuid4().hex[:8]}")
+    app = create_app(settings, svc, start_workers=False)
+    with TestClient(app) as http:
+        client = NclueClient("http://testserver", creds.access_key, creds.secret_key, http=http)
+        yield NclueEnv(svc, app, client, creds.account_id, bucket, http)
+    svc.close()
