@@ -13,6 +13,7 @@ SELECT ... FOR UPDATE SKIP LOCKED so concurrent workers do not queue on one row.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import threading
 import uuid
@@ -94,7 +95,7 @@ class JobContext:
     @property
     def attempt_tag(self) -> str:
         """Unique per attempt: outputs written under it never collide with another attempt's."""
-        return f"a{self.attempt}-{self.worker_id[-8:]}"
+        return f"a{self.attempt}-{hashlib.sha1(self.worker_id.encode()).hexdigest()[:10]}"
 
     def progress(self, fraction: float | None, message: str | None = None) -> None:
         self._progress = (None if fraction is None else max(0.0, min(1.0, fraction)), message)

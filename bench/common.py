@@ -1,0 +1,117 @@
+"""Shared benchmark plumbing: an embedded userlens (SQLite + local folder by default), a separate
+worker process whose peak memory is read from /proc, timing statistics and result tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache"
+RESULTS = ROOT / "results"
+console = Console(width=150)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stats(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def fmt_stats(values: list[float], unit: str = "", digits: int = 1) -> str:
+    s = stats(values)
+    return f"{s['median']:,.{digits}f}{unit} ({s['min']:,.{digits}f}–{s['max']:,.{digits}f})"
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right" if c != columns[0] else "left")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def save(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+@dataclass
+class Embedded:
+    """userlens with its own data dir; the API runs in this process, jobs in a worker process."""
+
+    data_dir: Path
+    env: dict
+    svc: object
+    client: object
+    worker: subprocess.Popen | None = None
+
+    @classmethod
+    def start(cls, name: str, database_url: str | None = None) -> "Embedded":
+        from fastapi.testclient import TestClient
+
+        from userlens.api.app import create_app
+        from userlens.client import NclueClient
+        from userlens.config import Settings
+        from userlens.services import build_services
+        from userlens.storage.migrate import upgrade
+
+        data_dir = CACHE / "runs" / f"{name}-{uuid.uuid4().hex[:6]}"
+        data_dir.mkdir(parents=True)
+        env = {"USERLENS_DATA_DIR": str(data_dir), "USERLENS_MASTER_KEY": "bench", "USERLENS_LOG_LEVEL": "WARNING"}
+        if database_url:
+            env["USERLENS_DATABASE_URL"] = database_url
+        os.environ.update(env)
+        settings = Settings(workers=0)
+        upgrade(settings.database_url)
+        svc = build_services(settings)
+        svc.store.create_bucket(settings.internal_bucket)
+        creds = svc.accounts.create_key("bench")
+        http = TestClient(create_app(settings, svc, start_workers=False))
+        return cls(data_dir, env, svc, NclueClient("http://testserver", creds.access_key, creds.secret_key, http=http))
+
+    def start_worker(self, **extra) -> subprocess.Popen:
+        env = {**os.environ, **self.env, **{k: str(v) for k, v in extra.items()}}
+        self.worker = subprocess.Popen([sys.executable, "-m", "userlens.cli", "worker"], env=env, stdout=open(self.data_dir / "worker.log", "ab"), stderr=subprocess.STDOUT)
+        return self.worker
+
+    def stop_worker(self) -> None:
+        if self.worker and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(10)
+
+    def put_file(self, bucket: str, key: str, path: Path) -> None:
+        self.svc.store.create_bucket(bucket)
+        with open(path, "rb") as src, self.svc.store.open_write(bucket, key) as dst:
+            shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+
+    def close(self, keep: bool = False) -> None:
+        self.stop_worker()
+        self.svc.close()
+        if not keep:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
