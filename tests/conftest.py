@@ -8,18 +8,50 @@ import warnings
 from dataclasses import dataclass, field
 
 import pytest
+from infra.backends import (  # noqa: F401 - fixtures are found by their names
+    Backend,
+    backend_params,
+    backends_report_header,
+    fresh_database_url,
+    make_backend_env,
+    postgres_databases,
+    postgres_url_factory,
+    seaweed_server,
+    selected_backends,
+)
 
 from userlens.config import Settings
 from userlens.storage.db import Database
 from userlens.storage.migrate import upgrade
 
-warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
+
+def pytest_report_header(config):
+    return backends_report_header()
 
 
-@pytest.fixture
-def database(tmp_path):
-    url = f"sqlite:///{tmp_path}/t.db"
+@pytest.fixture(scope="session")
+def pg_template(postgres_url_factory):
+    """A PostgreSQL database migrated once per session; each test gets a clone of it."""
+    url = postgres_url_factory()
     upgrade(url)
+    return url
+
+
+def _db_kinds() -> list[str]:
+    kinds: list[str] = []
+    for b in selected_backends():
+        if b.db_kind not in kinds:
+            kinds.append(b.db_kind)
+    return kinds
+
+
+@pytest.fixture(params=_db_kinds())
+def database(request, tmp_path):
+    """A migrated, empty metadata database of each selected kind (SQLite, PostgreSQL)."""
+    template = request.getfixturevalue("pg_template") if request.param == "postgres" else None
+    url = fresh_database_url(request, request.param, tmp_path, template)
+    if template is None:
+        upgrade(url)
     db = Database(url)
     yield db
     db.dispose()
@@ -83,11 +115,14 @@ class NclueEnv:
         self.svc.features.deps.chunk_rows = n
 
 
-@pytest.fixture
-def backend(tmp_path):
-    """(database_url, settings overrides) of the backend under test."""
-    url = f"sqlite:///{tmp_path}/userlens.db"
-    return url, {"object_store": "local", "storage_root": tmp_path / "buckets"}
+@pytest.fixture(params=backend_params())
+def backend(request, tmp_path):
+    """A fresh metadata database and an empty object store of one selected combination."""
+    template = request.getfixturevalue("pg_template") if request.param.db_kind == "postgres" else None
+    env = make_backend_env(request, tmp_path, pg_template=template)
+    if template is None:
+        upgrade(env.database_url)
+    return env
 
 
 @pytest.fixture
@@ -98,18 +133,14 @@ def nclue(backend, tmp_path):
     from userlens.client import NclueClient
     from userlens.services import build_services
 
-    url, overrides = backend
     settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=url,
+        **backend.settings_kwargs(),
         workers=0,
         internal_bucket=f"internal-{uuid.uuid4().hex[:10]}",
         lease_seconds=5,
         retry_backoff_seconds=0.01,
         master_key="test-master-key",
-        **overrides,
     )
-    upgrade(url)
     svc = build_services(settings)
     svc.store.create_bucket(settings.internal_bucket)
     bucket = f"t-{uuid.uuid4().hex[:12]}"

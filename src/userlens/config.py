@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = 2.0
 
     # Features
-    feature_chunk_rows: int = Field(65536, description="Users per streamed chunk (one Parquet part each).")
+    feature_chunk_rows: int = Field(16384, description="Users per streamed chunk (one Parquet part each).")
     fault_slow_chunk_ms: int = Field(0, description="Fault injection: sleep this long after each chunk (tests only).")
 
     log_level: str = "INFO"

@@ -37,5 +37,5 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "asyncio", "fsspec"):
+    for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3", "asyncio", "fsspec", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

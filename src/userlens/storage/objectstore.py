@@ -7,6 +7,7 @@ it; S3 makes an object visible only when its (multipart) upload completes.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import uuid
@@ -53,6 +54,18 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_object_key(key: str) -> str:
+    """The key of one object: a valid key that is not empty and does not end with '/'."""
+    check_key(key)
+    if not key or key.endswith("/"):
+        raise InvalidObjectPath(f"invalid object key {key!r}")
+    return key
+
+
+def _not_found(path: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "no such object", path)
+
+
 class ObjectStore:
     """Buckets and keys over an fsspec filesystem. Subclasses map (bucket, key) to a path."""
 
@@ -71,14 +84,42 @@ class ObjectStore:
 
     # -- objects -------------------------------------------------------------------------------
     def exists(self, bucket: str, key: str) -> bool:
-        return self._guard(lambda: self.fs.isfile(self.path(bucket, check_key(key))))
+        p = self.path(bucket, check_object_key(key))
+        return self._guard(lambda: self._is_object(p))
+
+    def _info(self, p: str) -> dict | None:
+        """fs.info, or None if nothing is there. Unlike fsspec's exists()/isfile(), which answer False
+        on any error, an unreachable store or a refused request raises (ObjectStoreError via _guard)."""
+        try:
+            return self.fs.info(p)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _is_object(self, p: str) -> bool:
+        info = self._info(p)
+        return info is not None and info.get("type") == "file"
 
     def is_dir(self, bucket: str, key: str) -> bool:
+        """Whether the folder-like prefix `key` holds at least one (visible) object."""
+        check_bucket(bucket)
         key = check_key(key.rstrip("/"))
-        return self._guard(lambda: bool(key) and self.fs.isdir(self.path(bucket, key)))
+        if not key:
+            return False
+        return self._guard(lambda: self._has_objects_under(bucket, key))
+
+    def _has_objects_under(self, bucket: str, key: str) -> bool:
+        raise NotImplementedError
 
     def size(self, bucket: str, key: str) -> int:
-        return self._guard(lambda: int(self.fs.size(self.path(bucket, check_key(key)))))
+        p = self.path(bucket, check_object_key(key))
+
+        def _size():
+            info = self.fs.info(p)
+            if info.get("type") != "file":  # a folder-like prefix is not an object
+                raise _not_found(p)
+            return int(info.get("size") or 0)
+
+        return self._guard(_size)
 
     def list(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
         """Every object under a folder-like prefix, recursively, sorted by key."""
@@ -89,9 +130,10 @@ class ObjectStore:
         base = self.path(bucket)
 
         def _find():
-            if not self.fs.exists(root):
+            try:
+                found = self.fs.find(root, detail=True)
+            except (FileNotFoundError, NotADirectoryError):  # no such bucket or prefix
                 return []
-            found = self.fs.find(root, detail=True)
             out = []
             for p, info in found.items():
                 if info.get("type") != "file":
@@ -106,7 +148,20 @@ class ObjectStore:
         return sum(o.size for o in self.list(bucket, prefix))
 
     def open_read(self, bucket: str, key: str, block_size: int = 8 * 1024 * 1024) -> IO[bytes]:
-        return self._guard(lambda: self.fs.open(self.path(bucket, check_key(key)), "rb", block_size=block_size))
+        p = self.path(bucket, check_object_key(key))
+
+        def _open():
+            try:
+                f = self.fs.open(p, "rb", block_size=block_size)
+            except IsADirectoryError:
+                raise _not_found(p) from None
+            details = getattr(f, "details", None)  # s3fs: what HEAD/listing said the path is
+            if isinstance(details, dict) and details.get("type", "file") != "file":
+                f.close()
+                raise _not_found(p)
+            return f
+
+        return self._guard(_open)
 
     def read_bytes(self, bucket: str, key: str) -> bytes:
         with self.open_read(bucket, key) as f:
@@ -123,13 +178,24 @@ class ObjectStore:
             f.write(data)
 
     def delete(self, bucket: str, key: str) -> None:
-        p = self.path(bucket, check_key(key))
-        self._guard(lambda: self.fs.rm_file(p) if self.fs.exists(p) else None)
+        """Delete one object; nothing happens if there is none (a folder-like prefix is not deleted)."""
+        p = self.path(bucket, check_object_key(key))
+        self._guard(lambda: self.fs.rm_file(p) if self._is_object(p) else None)
 
     def delete_prefix(self, bucket: str, prefix: str) -> None:
+        """Delete every object under a folder-like prefix (not the bucket: the prefix may not be empty)."""
         prefix = check_key(prefix.rstrip("/"))
+        if not prefix:
+            raise InvalidObjectPath("delete_prefix needs a non-empty prefix")
         p = self.path(bucket, prefix)
-        self._guard(lambda: self.fs.rm(p, recursive=True) if self.fs.exists(p) else None)
+
+        def _rm():
+            try:
+                self.fs.rm(p, recursive=True)
+            except (FileNotFoundError, NotADirectoryError):  # nothing there
+                pass
+
+        self._guard(_rm)
 
     def _guard(self, fn):
         try:
@@ -140,6 +206,10 @@ class ObjectStore:
             if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, OSError):
                 raise
             raise ObjectStoreError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".tmp-")
 
 
 class LocalObjectStore(ObjectStore):
@@ -162,20 +232,44 @@ class LocalObjectStore(ObjectStore):
 
     def list(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
         # Hidden temporaries of writes in flight are not objects yet.
-        return [o for o in super().list(bucket, prefix) if not o.key.rsplit("/", 1)[-1].startswith(".tmp-")]
+        return [o for o in super().list(bucket, prefix) if not _is_temporary(o.key.rsplit("/", 1)[-1])]
+
+    def _has_objects_under(self, bucket: str, key: str) -> bool:
+        # Folders stay behind when their last object is deleted, and may hold only temporaries of
+        # writes in flight: neither counts (as on S3, where folders exist only through objects).
+        root = self.path(bucket, key)
+        if not os.path.isdir(root):
+            return False
+        for _dirpath, _dirnames, filenames in os.walk(root):
+            if any(not _is_temporary(name) for name in filenames):
+                return True
+        return False
 
     @contextmanager
     def open_write(self, bucket: str, key: str) -> Iterator[IO[bytes]]:
-        final = Path(self.path(bucket, check_key(key)))
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final = Path(self.path(bucket, check_object_key(key)))
+        bucket_dir = Path(self.path(bucket))
+        if not bucket_dir.is_dir():  # as on S3: writing does not create the bucket
+            raise FileNotFoundError(errno.ENOENT, f"bucket {bucket!r} does not exist", str(bucket_dir))
         tmp = final.parent / f".tmp-{uuid.uuid4().hex}-{final.name}"
+
+        def _open():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return open(tmp, "wb")
+
+        f = self._guard(_open)
         try:
-            with open(tmp, "wb") as f:
-                yield f
+            yield f
+
+            def _commit():
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
+                f.close()
+                os.replace(tmp, final)
+
+            self._guard(_commit)
         except BaseException:
+            f.close()
             tmp.unlink(missing_ok=True)
             raise
 
@@ -186,6 +280,7 @@ class S3ObjectStore(ObjectStore):
     def __init__(self, endpoint_url: str, access_key: str, secret_key: str, region: str = "us-east-1"):
         import s3fs
 
+        self.region = region
         self.fs = s3fs.S3FileSystem(
             key=access_key,
             secret=secret_key,
@@ -201,33 +296,74 @@ class S3ObjectStore(ObjectStore):
 
     def bucket_exists(self, bucket: str) -> bool:
         check_bucket(bucket)
-        return self._guard(lambda: self.fs.exists(bucket))
+        return self._guard(lambda: self._head_bucket(bucket))
+
+    def _head_bucket(self, bucket: str) -> bool:
+        # Not fs.exists(bucket): it answers False on any error (unreachable store, bad credentials).
+        try:
+            self.fs.call_s3("head_bucket", Bucket=bucket)
+            return True
+        except FileNotFoundError:
+            return False
 
     def create_bucket(self, bucket: str) -> None:
         check_bucket(bucket)
-        self._guard(lambda: None if self.fs.exists(bucket) else self.fs.mkdir(bucket))
 
-    def is_dir(self, bucket: str, key: str) -> bool:
-        key = check_key(key.rstrip("/"))
-        if not key:
-            return False
-        return self._guard(lambda: bool(self.fs.ls(self.path(bucket, key), detail=False, refresh=True)) and not self.fs.isfile(self.path(bucket, key)))
+        def _create():
+            if self._head_bucket(bucket):
+                return
+            # Not fs.mkdir: s3fs always sends a LocationConstraint, which AWS rejects for us-east-1.
+            kw = {}
+            if self.region and self.region != "us-east-1":
+                kw["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            try:
+                self.fs.call_s3("create_bucket", Bucket=bucket, **kw)
+            except FileExistsError:  # BucketAlreadyOwnedByYou (a concurrent create) is fine
+                if not self._head_bucket(bucket):
+                    raise ObjectStoreError(f"bucket {bucket!r} exists and belongs to someone else") from None
+            finally:
+                self.fs.invalidate_cache(bucket)
+
+        self._guard(_create)
+
+    def _has_objects_under(self, bucket: str, key: str) -> bool:
+        # One listing without a delimiter: S3 has no folders, only keys. (SeaweedFS, for one, keeps
+        # emptied folders and would report them as common prefixes.) Keys ending in '/' are folder
+        # markers that other tools create, not objects.
+        token = None
+        while True:
+            kw = {"Bucket": bucket, "Prefix": key + "/", "MaxKeys": 100}
+            if token:
+                kw["ContinuationToken"] = token
+            try:
+                out = self.fs.call_s3("list_objects_v2", **kw)
+            except FileNotFoundError:  # no such bucket
+                return False
+            if any(not o["Key"].endswith("/") for o in out.get("Contents", [])):
+                return True
+            token = out.get("NextContinuationToken")
+            if not out.get("IsTruncated") or not token:
+                return False
 
     @contextmanager
     def open_write(self, bucket: str, key: str) -> Iterator[IO[bytes]]:
         # s3fs uploads parts as they fill and completes the multipart upload on close: until then
-        # no reader can see the object. On error the upload is discarded.
-        p = self.path(bucket, check_key(key))
+        # no reader can see the object. On error the upload is aborted.
+        p = self.path(bucket, check_object_key(key))
         f = self._guard(lambda: self.fs.open(p, "wb", block_size=16 * 1024 * 1024))
         try:
             yield f
+            self._guard(f.close)
         except BaseException:
             try:
-                f.discard()
+                f.discard()  # aborts the multipart upload, if one was started
             except Exception:
                 pass
+            finally:
+                # Never let fsspec's __del__ -> close() commit what was written so far (it would,
+                # if discard() failed half-way), nor log errors about the discarded buffer.
+                f.closed = True
             raise
-        self._guard(f.close)
 
 
 def make_object_store(settings: Settings) -> ObjectStore:

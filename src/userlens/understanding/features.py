@@ -47,7 +47,7 @@ class FeatureDeps:
     queue: JobQueue
     internal_bucket: str
     quota_bytes: int
-    chunk_rows: int = 65536
+    chunk_rows: int = 16384
     fault_slow_chunk_ms: int = 0
     model_name: str = DEFAULT_MODEL
 
@@ -102,7 +102,7 @@ class FeatureService:
     def delete(self, account_id: str, feature_id: str) -> str:
         d = self.deps
         with d.db.session() as s:
-            f = s.execute(select(Feature).where(Feature.id == feature_id, Feature.account_id == account_id).with_for_update()).scalar_one_or_none()
+            f = s.execute(select(Feature).where(Feature.id == feature_id, Feature.account_id == account_id).with_for_update(of=Feature)).scalar_one_or_none()
             if f is None:
                 raise NotFound(f"feature {feature_id} not found")
             status = f.job.status

@@ -31,6 +31,6 @@ class Feature(Base):
     vectors_prefix: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    job: Mapped[Job] = relationship(lazy="joined")
+    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
 
     __table_args__ = (UniqueConstraint("account_id", "name", name="uq_features_account_name"),)
