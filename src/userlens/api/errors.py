@@ -7,6 +7,8 @@ codes live in a separate 19xxx block that can never collide with the real number
 
 from __future__ import annotations
 
+from typing import Callable
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -59,29 +61,55 @@ def _validation_details(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+# How a DomainError or a framework error looks for each API family. A family registers a
+# renderer (name, details, HTTP status hint) -> ApiError; the request path picks the family.
+Renderer = Callable[[Request, str, str, int | None], ApiError]
+
+
+def render_nclue(_request: Request, name: str, details: str, status: int | None = None) -> ApiError:
+    err = nclue_error(name, details)
+    if status is not None and name not in NCLUE_CODES:
+        err.status = status
+    return err
+
+
+RENDERERS: dict[str, Renderer] = {"nclue": render_nclue}
+# path prefix -> family; the first match wins, NCLUE is the fallback
+FAMILY_PREFIXES: list[tuple[str, str]] = [("/api/v1", "nclue")]
+
+
+def family_of(request: Request) -> str:
+    path = request.url.path
+    for prefix, family in FAMILY_PREFIXES:
+        if path.startswith(prefix):
+            return family
+    return "nclue"
+
+
+def render(request: Request, name: str, details: str, status: int | None = None) -> JSONResponse:
+    err = RENDERERS.get(family_of(request), render_nclue)(request, name, details, status)
+    return JSONResponse(err.body, status_code=err.status, headers=err.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
         return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(DomainError)
-    async def _domain_error(_request: Request, exc: DomainError):
-        err = nclue_error(exc.name, exc.details)
-        return JSONResponse(err.body, status_code=err.status)
+    async def _domain_error(request: Request, exc: DomainError):
+        return render(request, exc.name, exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError):
-        err = nclue_error("INVALID_PARAMETER", _validation_details(exc))
-        return JSONResponse(err.body, status_code=err.status)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return render(request, "INVALID_PARAMETER", _validation_details(exc), 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         name = {404: "RESOURCE_NOT_FOUND", 405: "INVALID_PARAMETER"}.get(exc.status_code, "COMMON_ERROR")
-        err = nclue_error(name, str(exc.detail))
-        return JSONResponse(err.body, status_code=exc.status_code)
+        return render(request, name, str(exc.detail), exc.status_code)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, _exc: Exception):
+    async def _unexpected(request: Request, _exc: Exception):
         # Never echo internals (they may hold paths or secrets); the log has the traceback.
-        err = nclue_error("COMMON_ERROR", "internal error; see the server log")
-        return JSONResponse(err.body, status_code=500)
+        return render(request, "COMMON_ERROR", "internal error; see the server log", 500)

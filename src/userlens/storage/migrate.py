@@ -1,4 +1,7 @@
-"""Alembic, driven from code: `userlens migrate` and service start-up bring the schema to head."""
+"""Alembic, driven from code: `userlens migrate` and service start-up bring the schema to head.
+
+Each domain keeps its own branch of revisions off the shared base (0001), labelled with
+`branch_labels` (e.g. "nclue", "aep"), so domains evolve independently; upgrades go to all heads."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     from sqlalchemy.engine import make_url
 
     u = make_url(url)

@@ -11,7 +11,7 @@ import userlens.storage.db
 
 revision = '0001'
 down_revision = None
-branch_labels = None
+branch_labels = None  # the shared base of every domain branch
 depends_on = None
 
 
