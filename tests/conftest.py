@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -111,6 +112,15 @@ class NclueEnv:
         creds = self.svc.accounts.create_key(f"other-{uuid.uuid4().hex[:6]}")
         return NclueClient("http://testserver", creds.access_key, creds.secret_key, http=self.http)
 
+    def tmp_copy(self, key: str, text: str) -> str:
+        """A local copy of an object (for tools that read files, like DuckDB without extensions)."""
+        import tempfile
+
+        path = os.path.join(tempfile.mkdtemp(), key.replace("/", "_"))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
     def settings_chunk_rows(self, n: int) -> None:
         self.svc.features.deps.chunk_rows = n
 
@@ -140,6 +150,7 @@ def nclue(backend, tmp_path):
         lease_seconds=5,
         retry_backoff_seconds=0.01,
         master_key="test-master-key",
+        task_candidates="logreg",  # fast; test_tasks_api checks the full model selection once
     )
     svc = build_services(settings)
     svc.store.create_bucket(settings.internal_bucket)

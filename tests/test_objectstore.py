@@ -362,6 +362,27 @@ def test_open_write_error_keeps_the_previous_version(case, bucket):
     assert leftovers(case, bucket) == []
 
 
+def observe(reader: ObjectStore, bucket: str, key: str) -> dict:
+    """Everything a reader can learn about `key` (asserted outside the write's with-block)."""
+
+    def outcome(fn):
+        try:
+            return fn()
+        except Exception as exc:
+            return type(exc).__name__
+
+    folder = key.rsplit("/", 1)[0]
+    return {
+        "exists": outcome(lambda: reader.exists(bucket, key)),
+        "list": outcome(lambda: reader.list(bucket)),
+        "list folder": outcome(lambda: reader.list(bucket, folder)),
+        "is_dir folder": outcome(lambda: reader.is_dir(bucket, folder)),
+        "usage": outcome(lambda: reader.usage(bucket, "")),
+        "size": outcome(lambda: reader.size(bucket, key)),
+        "read": outcome(lambda: len(reader.read_bytes(bucket, key))),
+    }
+
+
 @pytest.mark.parametrize("size", [3, PART + 4 * MB], ids=["small", "multipart"])
 def test_object_invisible_until_close(case, bucket, size):
     store, reader = case.store, case.reader
@@ -372,15 +393,16 @@ def test_object_invisible_until_close(case, bucket, size):
             f.write(data[i : i + MB])
         f.flush()
         # Written (on S3: parts uploaded) but not closed: no reader may see any of it.
-        assert not reader.exists(bucket, "new/obj.bin")
-        assert reader.list(bucket) == [ObjectInfo("other", 1)]
-        assert reader.list(bucket, "new") == []
-        assert not reader.is_dir(bucket, "new")
-        assert reader.usage(bucket, "") == 1
-        with pytest.raises(FileNotFoundError):
-            reader.size(bucket, "new/obj.bin")
-        with pytest.raises(FileNotFoundError):
-            reader.read_bytes(bucket, "new/obj.bin")
+        during = observe(reader, bucket, "new/obj.bin")
+    assert during == {
+        "exists": False,
+        "list": [ObjectInfo("other", 1)],
+        "list folder": [],
+        "is_dir folder": False,
+        "usage": 1,
+        "size": "FileNotFoundError",
+        "read": "FileNotFoundError",
+    }
     assert reader.exists(bucket, "new/obj.bin")
     assert reader.size(bucket, "new/obj.bin") == size
     assert reader.read_bytes(bucket, "new/obj.bin") == data
@@ -396,9 +418,8 @@ def test_overwrite_readers_see_old_version_until_close(case, bucket):
     with store.open_write(bucket, "obj") as f:
         f.write(new)
         f.flush()
-        assert reader.size(bucket, "obj") == len(old)
-        assert reader.read_bytes(bucket, "obj") == old
-        assert reader.list(bucket) == [ObjectInfo("obj", len(old))]
+        during = (reader.size(bucket, "obj"), reader.read_bytes(bucket, "obj") == old, reader.list(bucket))
+    assert during == (len(old), True, [ObjectInfo("obj", len(old))])
     assert reader.read_bytes(bucket, "obj") == new
 
 

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     feature_chunk_rows: int = Field(16384, description="Users per streamed chunk (one Parquet part each).")
     fault_slow_chunk_ms: int = Field(0, description="Fault injection: sleep this long after each chunk (tests only).")
 
+    # Tasks
+    task_candidates: str = Field("logreg,mlp", description="Classifiers a Task chooses from by validation AUC (logreg, mlp).")
+
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "console"
 

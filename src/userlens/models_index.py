@@ -2,4 +2,4 @@
 
 from userlens.accounts.models import AccessKey, Account  # noqa: F401
 from userlens.jobs.models import Job  # noqa: F401
-from userlens.understanding.models import Feature  # noqa: F401
+from userlens.understanding.models import CustomAttributes, Feature, Task, TaskRun  # noqa: F401

@@ -12,7 +12,11 @@ from userlens.jobs.engine import JobQueue, JobRegistry
 from userlens.jobs.worker import Worker
 from userlens.storage.db import Database
 from userlens.storage.objectstore import ObjectStore, make_object_store
-from userlens.understanding.features import FeatureDeps, FeatureService
+from userlens.understanding.custom_attributes import CustomAttributesService
+from userlens.understanding.features import FeatureService
+from userlens.understanding.resources import NclueDeps
+from userlens.understanding.runs import RunService
+from userlens.understanding.tasks import TaskService
 
 
 @dataclass
@@ -24,7 +28,9 @@ class Services:
     registry: JobRegistry
     accounts: AccountService
     features: FeatureService
-
+    tasks: TaskService
+    runs: RunService
+    custom_attributes: CustomAttributesService
     def make_worker(self, threads: int | None = None) -> Worker:
         return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval)
 
@@ -40,16 +46,20 @@ def build_services(settings: Settings) -> Services:
     registry = JobRegistry()
     master = load_master_key(settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None)
     accounts = AccountService(db, master)
-    features = FeatureService(
-        FeatureDeps(
-            db=db,
-            store=store,
-            queue=queue,
-            internal_bucket=settings.internal_bucket,
-            quota_bytes=settings.storage_quota_bytes,
-            chunk_rows=settings.feature_chunk_rows,
-            fault_slow_chunk_ms=settings.fault_slow_chunk_ms,
-        )
+    nclue = NclueDeps(
+        db=db,
+        store=store,
+        queue=queue,
+        internal_bucket=settings.internal_bucket,
+        quota_bytes=settings.storage_quota_bytes,
+        chunk_rows=settings.feature_chunk_rows,
+        fault_slow_chunk_ms=settings.fault_slow_chunk_ms,
+        task_candidates=tuple(c.strip() for c in settings.task_candidates.split(",") if c.strip()),
     )
-    features.register_jobs(registry)
-    return Services(settings, db, store, queue, registry, accounts, features)
+    features = FeatureService(nclue)
+    tasks = TaskService(nclue, features)
+    runs = RunService(nclue, features, tasks)
+    custom_attributes = CustomAttributesService(nclue, features)
+    for service in (features, tasks, runs, custom_attributes):
+        service.register_jobs(registry)
+    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes)

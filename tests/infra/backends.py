@@ -297,6 +297,8 @@ def fresh_object_store(request, store_kind: str, tmp_path: Path):
     if store_kind != "s3":
         raise ValueError(f"unknown store kind {store_kind!r}")
     server: SeaweedServer = request.getfixturevalue("seaweed_server")
+    if not server.is_running():
+        pytest.fail(f"the session's SeaweedFS server has exited; its log ends:\n{server.log_tail(30)}", pytrace=False)
     server.delete_all_buckets()  # in case an earlier test's teardown could not
 
     def _empty() -> None:

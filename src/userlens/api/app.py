@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from userlens import __version__
 from userlens.api.errors import install_error_handlers
-from userlens.api.nclue import features
+from userlens.api.nclue import features, tasks
 from userlens.config import Settings
 from userlens.services import Services, build_services
 
@@ -67,4 +67,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
 
     app.include_router(features.router)
+    for router in (tasks.tasks_router, tasks.runs_router, tasks.custom_attributes_router):
+        app.include_router(router)
     return app

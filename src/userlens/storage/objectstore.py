@@ -82,6 +82,16 @@ class ObjectStore:
     def create_bucket(self, bucket: str) -> None:
         raise NotImplementedError
 
+    def delete_bucket(self, bucket: str) -> None:
+        """Removes a bucket and everything in it (tests and administration only)."""
+        check_bucket(bucket)
+
+        def _rm():
+            if self.fs.exists(self.path(bucket)):
+                self.fs.rm(self.path(bucket), recursive=True)
+
+        self._guard(_rm)
+
     # -- objects -------------------------------------------------------------------------------
     def exists(self, bucket: str, key: str) -> bool:
         p = self.path(bucket, check_object_key(key))

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import threading
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
@@ -66,20 +66,22 @@ DEFAULT_MODEL = "ul-hash-v1"
 MAX_TOKENS_PER_USER = 2048
 SEPARATOR = "->"
 
-# Layout of a 64-bit feature key inside a block of users:
-#   bits 63..21: the feature's hash (43 bits of xxh64), bit 20: 1 for identity features,
-#   bits 19..0: the user's index within the block. One sort of the keys counts every
-#   (user, feature) pair; the hash bits alone then determine the projection.
-_USER_BITS = 20
-_KIND_BIT = np.uint64(1 << _USER_BITS)
-_USER_MASK = np.uint64((1 << _USER_BITS) - 1)
-_HASH_SHIFT = np.uint64(_USER_BITS + 1)
-_HASH_CLEAR = ~((1 << (_USER_BITS + 1)) - 1) & 0xFFFFFFFFFFFFFFFF
+# Layout of a 64-bit (user, feature) key inside a block of users:
+#   bits 63..44: the user's index in the block; bit 43: 1 for identity features;
+#   bits 42..0: 43 bits of the feature's xxh64 hash.
+# Sorting the keys groups them by user (so the final scatter is cache-local) and one pass over
+# the sorted keys counts every (user, feature) pair; the low 44 bits alone determine the
+# projection of a feature.
+_USER_SHIFT = np.uint64(44)
+_KIND_BIT_INT = 1 << 43
+_KIND_BIT = np.uint64(_KIND_BIT_INT)
+_FEATURE_MASK_INT = (1 << 44) - 1
+_FEATURE_MASK = np.uint64(_FEATURE_MASK_INT)
+_HASH_MASK_INT = (1 << 43) - 1
 _BLOCK_USERS = 2048  # users per internal block (bincount buffer: 2048 x D float64)
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def normalize_behavior(text: str) -> str:
@@ -90,8 +92,8 @@ def normalize_behavior(text: str) -> str:
 
 
 def _mix64(x: np.ndarray, salt: int) -> np.ndarray:
-    """splitmix64 finaliser of ``x + salt*golden`` (uint64 arrays wrap silently)."""
-    x = x + np.uint64((salt * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) + _GOLDEN
+    """splitmix64 finaliser of ``x + (salt + 1) * golden`` (uint64 arithmetic wraps)."""
+    x = x + np.uint64(((salt + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
     x = (x ^ (x >> np.uint64(30))) * _M1
     x = (x ^ (x >> np.uint64(27))) * _M2
     return x ^ (x >> np.uint64(31))
@@ -102,59 +104,67 @@ class ModelSpec:
     """The versioned parameters of one hashed-projection model."""
 
     name: str
-    dim: int = 512
-    hashes: int = 8
+    dim: int = 1024
+    hashes: int = 4
     seed: int = 0x5EED_C1E0
-    token_weight: float = 1.0
+    token_weight: float = 0.5
     identity_weight: float = 1.0
     tf: str = "sqrt"  # "sqrt" | "log" (1 + ln c) | "raw"
     max_tokens: int = MAX_TOKENS_PER_USER
     tokenizer: str = TOKENIZER_VERSION
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _MODELS: dict[str, ModelSpec] = {
     "ul-hash-v1": ModelSpec(
         name="ul-hash-v1",
-        dim=512,
-        hashes=8,
-        token_weight=1.0,
+        dim=1024,
+        hashes=4,
+        token_weight=0.5,
         identity_weight=1.0,
         tf="sqrt",
-        notes="hashed sparse random projection of sqrt-tf bag of (behaviour identities + ul-tok-1 tokens)",
+        notes="hashed sparse random projection of the sqrt-tf bag of (behaviour identities + 0.5 x ul-tok-1 tokens)",
     ),
 }
 
 
+class _Index(dict):
+    """behaviour string -> cache row; -1 when absent (no exception, no Python call on hits)."""
+
+    def __missing__(self, key: str) -> int:
+        return -1
+
+
 class _Vocab:
-    """Per-thread cache: distinct behaviour string -> (token keys, identity key)."""
+    """Per-thread cache: distinct behaviour string -> (its token feature keys, its identity key)."""
 
     __slots__ = ("index", "off", "ntok", "idkey", "pool", "n", "pool_n", "tok_hash")
 
     def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-        self.off = np.zeros(1024, dtype=np.int64)
-        self.ntok = np.zeros(1024, dtype=np.int64)
-        self.idkey = np.zeros(1024, dtype=np.uint64)
-        self.pool = np.zeros(4096, dtype=np.uint64)
+        self.index = _Index()
+        self.off = np.zeros(1024, dtype=np.int64)  # start of the row's tokens in `pool`
+        self.ntok = np.zeros(1024, dtype=np.int64)  # number of tokens
+        self.idkey = np.zeros(1024, dtype=np.uint64)  # identity feature (0: empty behaviour)
+        self.pool = np.zeros(4096, dtype=np.uint64)  # token features of all rows, back to back
         self.n = 0
         self.pool_n = 0
         self.tok_hash: dict[str, int] = {}
 
-    def clear(self) -> None:
-        self.__init__()
+
+def _grow(arr: np.ndarray, used: int, need: int) -> np.ndarray:
+    if need <= len(arr):
+        return arr
+    new = np.zeros(max(need, 2 * len(arr)), dtype=arr.dtype)
+    new[:used] = arr[:used]
+    return new
 
 
 class SequenceEncoder:
     """Encode behaviour sequences into L2-normalised ``float32`` vectors (see module docstring)."""
 
     def __init__(self, spec: ModelSpec, cache_size: int = 500_000) -> None:
-        if spec.dim % spec.hashes:
-            raise ValueError("dim must be a multiple of hashes")
-        block = spec.dim // spec.hashes
-        if block & (block - 1):
-            raise ValueError("dim / hashes must be a power of two")
+        if spec.dim % spec.hashes or not 1 <= spec.dim // spec.hashes <= 1 << 15:
+            raise ValueError("dim must be a multiple of hashes, with dim / hashes <= 32768")
         if spec.tf not in ("sqrt", "log", "raw"):
             raise ValueError(f"unknown tf {spec.tf!r}")
         self.spec = spec
@@ -162,9 +172,16 @@ class SequenceEncoder:
         self.dim = spec.dim
         self.max_tokens = spec.max_tokens
         self.cache_size = cache_size
-        self._block_bits = block.bit_length() - 1
         self._seed_tok = spec.seed & 0xFFFFFFFFFFFFFFFF
         self._seed_id = (spec.seed * 0x100000001B3 + 1) & 0xFFFFFFFFFFFFFFFF
+        # Each hash function uses a 16-bit field of a mixed 64-bit word: 15 bits pick the position
+        # within its block (multiply-shift), the top bit the sign. Look-up tables over the 65,536
+        # field values turn a field into (position within block, ±1/sqrt(S)).
+        block = spec.dim // spec.hashes
+        field = np.arange(1 << 16, dtype=np.int64)
+        self._lut_pos = ((field & 0x7FFF) * block) >> 15
+        self._lut_sign = np.where(field >= 0x8000, -1.0, 1.0) / math.sqrt(spec.hashes)
+        self._block_off = np.arange(spec.hashes, dtype=np.int64) * block
         self._local = threading.local()
 
     # ------------------------------------------------------------------ public API
@@ -174,12 +191,13 @@ class SequenceEncoder:
         Returns ``(vectors float32 [n, dim], token_counts int64 [n])``; token counts are after
         truncation to the most recent ``MAX_TOKENS_PER_USER`` tokens.
         """
+        sequences = list(sequences)
         n = len(sequences)
         vecs = np.empty((n, self.dim), dtype=np.float32)
         counts = np.empty(n, dtype=np.int64)
         for lo in range(0, n, _BLOCK_USERS):
             hi = min(n, lo + _BLOCK_USERS)
-            vecs[lo:hi], counts[lo:hi] = self._encode_block(sequences[lo:hi])
+            counts[lo:hi] = self._encode_block(sequences[lo:hi], vecs[lo:hi])
         return vecs, counts
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -200,6 +218,7 @@ class SequenceEncoder:
             "max_tokens_per_user": s.max_tokens,
             "weights": {"token": s.token_weight, "identity": s.identity_weight, "tf": s.tf},
             "identity_normalization": "NFKC+lower+collapse-whitespace",
+            "projection": "S signed positions per feature, one per block of dim/S (splitmix64 of the xxh64 hash)",
             "normalization": "l2",
             "dtype": "float32",
             "notes": s.notes,
@@ -208,46 +227,40 @@ class SequenceEncoder:
     # ------------------------------------------------------------------ internals
     def _vocab(self) -> _Vocab:
         v = getattr(self._local, "vocab", None)
-        if v is None:
+        if v is None or v.n > self.cache_size:
             v = self._local.vocab = _Vocab()
         return v
 
-    def _add(self, v: _Vocab, texts: set[str]) -> None:
-        """Tokenise and hash new distinct behaviours into the cache."""
-        m = len(texts)
-        need = v.n + m
-        if need > len(v.off):
-            cap = max(need, 2 * len(v.off))
-            for name in ("off", "ntok", "idkey"):
-                arr = getattr(v, name)
-                new = np.zeros(cap, dtype=arr.dtype)
-                new[: v.n] = arr[: v.n]
-                setattr(v, name, new)
+    def _add(self, v: _Vocab, texts: list[str]) -> None:
+        """Tokenise and hash new distinct behaviours into the cache (rows v.n ...)."""
+        need = v.n + len(texts)
+        v.off = _grow(v.off, v.n, need)
+        v.ntok = _grow(v.ntok, v.n, need)
+        v.idkey = _grow(v.idkey, v.n, need)
         seed_tok, seed_id = self._seed_tok, self._seed_id
         tok_hash = v.tok_hash
         h64 = xxhash.xxh64_intdigest
-        clear = _HASH_CLEAR
-        kind = 1 << _USER_BITS
+        hmask = _HASH_MASK_INT
+        kind = _KIND_BIT_INT
         index = v.index
         keys: list[int] = []
         ntoks: list[int] = []
         idkeys: list[int] = []
+        row = v.n
         for text in texts:
             toks = tokenize_behavior(text)
             for t in toks:
                 k = tok_hash.get(t)
                 if k is None:
-                    k = tok_hash[t] = h64(t.encode(), seed_tok) & clear
+                    k = tok_hash[t] = h64(t.encode(), seed_tok) & hmask
                 keys.append(k)
             ntoks.append(len(toks))
             norm = normalize_behavior(text)
-            idkeys.append((h64(norm.encode(), seed_id) & clear) | kind if norm else 0)
-            index[text] = len(index)
+            idkeys.append((h64(norm.encode(), seed_id) & hmask) | kind if norm else 0)
+            index[text] = row
+            row += 1
         nk = len(keys)
-        if v.pool_n + nk > len(v.pool):
-            new = np.zeros(max(v.pool_n + nk, 2 * len(v.pool)), dtype=np.uint64)
-            new[: v.pool_n] = v.pool[: v.pool_n]
-            v.pool = new
+        v.pool = _grow(v.pool, v.pool_n, v.pool_n + nk)
         nt = np.array(ntoks, dtype=np.int64)
         v.ntok[v.n : need] = nt
         v.off[v.n : need] = v.pool_n + np.cumsum(nt) - nt
@@ -255,91 +268,90 @@ class SequenceEncoder:
         v.pool[v.pool_n : v.pool_n + nk] = np.array(keys, dtype=np.uint64)
         v.pool_n += nk
         v.n = need
-        if len(tok_hash) > 4 * self.cache_size:
+        if len(tok_hash) > self.cache_size:
             tok_hash.clear()
 
     def _lookup(self, flat: list[str]) -> tuple[_Vocab, np.ndarray]:
+        """Cache rows of the behaviours in ``flat``, adding the new ones."""
         v = self._vocab()
-        if v.n > self.cache_size:
-            v.clear()
-        ids = list(map(v.index.get, flat))
-        if None in ids:
-            missing = {b for b, i in zip(flat, ids) if i is None}
-            self._add(v, missing)
-            ids = list(map(v.index.__getitem__, flat))
-        return v, np.array(ids, dtype=np.int64)
+        ids = np.fromiter(map(v.index.__getitem__, flat), dtype=np.int64, count=len(flat))
+        miss = np.flatnonzero(ids < 0)
+        if len(miss):
+            new = list(dict.fromkeys([flat[i] for i in miss]))  # distinct, in first-seen order
+            self._add(v, new)
+            get = v.index.__getitem__
+            ids[miss] = [get(flat[i]) for i in miss]
+        return v, ids
 
-    def _encode_block(self, sequences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_block(self, sequences: list[str], out: np.ndarray) -> np.ndarray:
+        """Encode up to 2^20 users into ``out`` (float32 [n, dim]); returns the token counts."""
         n = len(sequences)
         D = self.dim
+        spec = self.spec
         splits = [s.split(SEPARATOR) if s else [] for s in sequences]
         nb = np.fromiter(map(len, splits), dtype=np.int64, count=n)
         flat = list(chain.from_iterable(splits))
         v, ids = self._lookup(flat)
 
+        # --- truncation to the most recent max_tokens tokens of each user
         ntok = v.ntok[ids]
-        user = np.repeat(np.arange(n, dtype=np.int64), nb)
+        user = np.repeat(np.arange(n, dtype=np.uint64), nb)
         bend = np.cumsum(nb)
         cpad = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(ntok, out=cpad[1:])
         total = cpad[bend] - cpad[bend - nb]
         token_counts = np.minimum(total, self.max_tokens)
-        # tokens strictly after behaviour i within its user
-        after = cpad[bend[user]] - cpad[1:]
-        keep = np.clip(self.max_tokens - after, 0, ntok)
-        keep_id = after + ntok <= self.max_tokens
+        after = np.repeat(cpad[bend], nb) - cpad[1:]  # tokens strictly after each behaviour
+        keep = np.clip(self.max_tokens - after, 0, ntok)  # its most recent tokens that stay
+        keep_id = after + ntok <= self.max_tokens  # behaviour entirely kept: identity stays
 
-        # token keys: the last `keep` tokens of each behaviour
-        sel = keep > 0
+        # --- (user, feature) keys: the kept tokens of each behaviour ...
+        sel = np.flatnonzero(keep)
         kn = keep[sel]
         start = v.off[ids[sel]] + ntok[sel] - kn
-        k_total = int(kn.sum())
         seg = np.cumsum(kn) - kn
-        gather = np.arange(k_total, dtype=np.int64) + np.repeat(start - seg, kn)
-        tok_keys = v.pool[gather] | np.repeat(user[sel], kn).astype(np.uint64)
-        # identity keys
-        idk = v.idkey[ids[keep_id]]
+        gather = np.arange(int(seg[-1] + kn[-1]) if len(kn) else 0, dtype=np.int64)
+        gather += np.repeat(start - seg, kn)
+        tok_keys = v.pool[gather]
+        tok_keys |= np.repeat(user[sel] << _USER_SHIFT, kn)
+        # ... and the identities of the behaviours kept whole
+        kid = np.flatnonzero(keep_id)
+        idk = v.idkey[ids[kid]]
         nz = idk != 0
-        id_keys = idk[nz] | user[keep_id][nz].astype(np.uint64)
+        id_keys = idk[nz] | (user[kid[nz]] << _USER_SHIFT)
         keys = np.concatenate([tok_keys, id_keys])
 
-        spec = self.spec
-        if spec.tf == "raw":
+        # --- per-user term frequency: one (stable, run-friendly) sort of the keys
+        if spec.tf == "raw" or len(keys) == 0:
             uk = keys
             w = np.ones(len(uk), dtype=np.float64)
         else:
-            uk, cnt = np.unique(keys, return_counts=True)
+            keys.sort(kind="stable")
+            first = np.empty(len(keys), dtype=bool)
+            first[0] = True
+            np.not_equal(keys[1:], keys[:-1], out=first[1:])
+            starts = np.flatnonzero(first)
+            uk = keys[starts]
+            cnt = np.diff(np.append(starts, len(keys)))
             w = np.sqrt(cnt) if spec.tf == "sqrt" else 1.0 + np.log(cnt)
-        is_id = (uk & _KIND_BIT) != 0
-        w = w * np.where(is_id, spec.identity_weight, spec.token_weight) / math.sqrt(spec.hashes)
-        base = (uk & _USER_MASK).astype(np.int64) * D
-        h = uk >> _HASH_SHIFT
+        w *= np.where((uk & _KIND_BIT) != 0, spec.identity_weight, spec.token_weight)
 
+        # --- sparse JL projection: S signed positions per feature, one per block
         S = spec.hashes
-        bb = self._block_bits
-        bmask = np.uint64((1 << bb) - 1)
-        per = bb + 1
-        flat_idx = np.empty((S, len(uk)), dtype=np.int64)
-        flat_w = np.empty((S, len(uk)), dtype=np.float64)
-        x = None
-        used = 64
-        salt = 0
-        for s in range(S):
-            if used + per > 64:
-                x = _mix64(h, salt)
-                salt += 1
-                used = 0
-            pos = ((x >> np.uint64(used)) & bmask).astype(np.int64)
-            neg = ((x >> np.uint64(used + bb)) & np.uint64(1)).astype(bool)
-            used += per
-            np.add(base, pos + (s << bb), out=flat_idx[s])
-            np.copyto(flat_w[s], w)
-            np.negative(flat_w[s], out=flat_w[s], where=neg)
-        out = np.bincount(flat_idx.ravel(), weights=flat_w.ravel(), minlength=n * D).reshape(n, D)
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+        feat = uk & _FEATURE_MASK
+        words = [_mix64(feat, m).view(np.uint16).reshape(-1, 4) for m in range((S + 3) // 4)]
+        fields = words[0] if len(words) == 1 else np.hstack(words)
+        fields = fields[:, :S]
+        idx = np.take(self._lut_pos, fields)
+        idx += self._block_off
+        idx += ((uk >> _USER_SHIFT).astype(np.int64) * D)[:, None]
+        wts = np.take(self._lut_sign, fields)
+        wts *= w[:, None]
+        acc = np.bincount(idx.ravel(), weights=wts.ravel(), minlength=n * D).reshape(n, D)
+        norms = np.sqrt(np.einsum("ij,ij->i", acc, acc))
         norms[norms == 0] = 1.0
-        out /= norms[:, None]
-        return out.astype(np.float32), token_counts
+        np.divide(acc, norms[:, None], out=out, casting="same_kind")
+        return token_counts
 
 
 _INSTANCES: dict[str, SequenceEncoder] = {}

@@ -9,122 +9,54 @@ visible all at once; a failed or lost attempt's folder is removed (or later foun
 from __future__ import annotations
 
 import time
-import uuid
-from dataclasses import dataclass
-from typing import Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from userlens.errors import Conflict, DomainError, NotFound
-from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, Outcome, TransientJobError
-from userlens.jobs.models import Job, JobStatus
-from userlens.storage.objectstore import ObjectStore, ObjectStoreError
+from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome, TransientJobError
+from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import sequences, vectors
 from userlens.understanding.encoder import DEFAULT_MODEL, get_encoder
 from userlens.understanding.models import Feature
+from userlens.understanding.resources import ResourceService, account_storage_used
 from userlens.understanding.validation import check_name, check_path_characters, check_path_exists
 
 JOB_KIND = "nclue.feature"
-RUNNING = (JobStatus.PENDING.value, JobStatus.IN_PROGRESS.value)
-ACTIVE = (JobStatus.REGISTERED.value, *RUNNING)
-
-
-def account_scope(account_id: str) -> str:
-    return f"nclue:{account_id}"
 
 
 def feature_root(account_id: str, feature_id: str) -> str:
     return f"nclue/{account_id}/features/{feature_id}"
 
 
-@dataclass
-class FeatureDeps:
-    """What the Feature service needs; built once by the app or the worker."""
-
-    db: object
-    store: ObjectStore
-    queue: JobQueue
-    internal_bucket: str
-    quota_bytes: int
-    chunk_rows: int = 16384
-    fault_slow_chunk_ms: int = 0
-    model_name: str = DEFAULT_MODEL
-
-
-# Later domains (Tasks, Runs, Custom Attributes) register checks that name their active dependents.
-DependentCheck = Callable[[Session, str], list[str]]
-
-
-class FeatureService:
-    def __init__(self, deps: FeatureDeps):
-        self.deps = deps
-        self.dependent_checks: list[DependentCheck] = []
+class FeatureService(ResourceService):
+    model = Feature
+    kind = JOB_KIND
+    label = "Feature"
 
     # -- create --------------------------------------------------------------------------------
-    def create(self, account_id: str, name: object, source_bucket: object, source_file_path: object) -> Feature:
+    def create(self, account_id: str, body: dict) -> Feature:
         d = self.deps
-        name = check_name(name)
+        name = check_name(body.get("name"))
+        source_bucket, source_file_path = body.get("source_bucket"), body.get("source_file_path")
         with d.db.session() as s:
-            self._check_unique(s, account_id, name)
+            self.check_unique(s, account_id, name)
         path = check_path_characters(source_file_path, "source_file_path", "INVALID_PATH_CHARACTER")
         check_path_exists(d.store, source_bucket, path, "source_file_path", "PATH_NOT_FOUND", d.internal_bucket)
-        feature_id = str(uuid.uuid4())
         with d.db.session() as s:
-            self._check_unique(s, account_id, name)
-            job = d.queue.submit(s, JOB_KIND, account_scope(account_id), {"feature_id": feature_id, "account_id": account_id})
-            s.flush()
-            feature = Feature(id=feature_id, account_id=account_id, name=name, job_id=job.id, source_bucket=source_bucket, source_file_path=path, model_name=d.model_name, created_at=job.created_at)
+            self.check_unique(s, account_id, name)
+            feature_id = self.new_id()
+            job = self.submit(s, account_id, feature_id)
+            feature = Feature(id=feature_id, account_id=account_id, name=name, job_id=job.id, source_bucket=source_bucket, source_file_path=path, model_name=d.model_name or DEFAULT_MODEL, created_at=job.created_at)
             s.add(feature)
             s.flush()
             s.refresh(feature)
             return feature
 
-    def _check_unique(self, s: Session, account_id: str, name: str) -> None:
-        if s.execute(select(Feature.id).where(Feature.account_id == account_id, Feature.name == name)).first():
-            raise DomainError(f"a Feature named {name!r} already exists", name="DUPLICATE_NAME")
-
-    # -- read ----------------------------------------------------------------------------------
-    def get(self, account_id: str, feature_id: str) -> Feature:
-        with self.deps.db.session() as s:
-            f = s.execute(select(Feature).where(Feature.id == feature_id, Feature.account_id == account_id)).scalar_one_or_none()
-            if f is None:
-                raise NotFound(f"feature {feature_id} not found")
-            return f
-
-    def list(self, account_id: str, index: int, limit: int) -> tuple[int, list[Feature]]:
-        with self.deps.db.session() as s:
-            total = s.execute(select(func.count()).select_from(Feature).where(Feature.account_id == account_id)).scalar_one()
-            rows = s.execute(select(Feature).where(Feature.account_id == account_id).order_by(Feature.created_at.desc(), Feature.id.desc()).offset(index).limit(limit)).scalars().all()
-            return total, list(rows)
-
-    # -- delete --------------------------------------------------------------------------------
-    def delete(self, account_id: str, feature_id: str) -> str:
-        d = self.deps
-        with d.db.session() as s:
-            f = s.execute(select(Feature).where(Feature.id == feature_id, Feature.account_id == account_id).with_for_update(of=Feature)).scalar_one_or_none()
-            if f is None:
-                raise NotFound(f"feature {feature_id} not found")
-            status = f.job.status
-            if status in RUNNING:
-                raise Conflict(f"feature {feature_id} is {status}; it can be deleted once it is completed or failed")
-            dependents = [dep for check in self.dependent_checks for dep in check(s, feature_id)]
-            if dependents:
-                raise Conflict(f"feature {feature_id} is used by running jobs: {', '.join(dependents)}", name="RESOURCE_IN_USE")
-            if status == JobStatus.REGISTERED.value and not d.queue.cancel_registered(s, f.job_id):
-                raise Conflict(f"feature {feature_id} has just been queued; it can be deleted once it is completed or failed")
-            s.delete(f)
-        # The row is gone (readers see a consistent state); now the vectors. A failure here leaves
-        # orphans that `userlens fsck` reports, never a Feature pointing at missing vectors.
+    def remove_outputs(self, account_id: str, row_id: str) -> None:
         try:
-            d.store.delete_prefix(d.internal_bucket, feature_root(account_id, feature_id))
+            self.deps.store.delete_prefix(self.deps.internal_bucket, feature_root(account_id, row_id))
         except ObjectStoreError:
             pass
-        return feature_id
-
-    # -- storage accounting --------------------------------------------------------------------
-    def storage_used(self, s: Session, account_id: str) -> int:
-        return int(s.execute(select(func.coalesce(func.sum(Feature.disk_usage), 0)).where(Feature.account_id == account_id)).scalar_one())
 
     # -- the job -------------------------------------------------------------------------------
     def register_jobs(self, registry: JobRegistry) -> None:
@@ -132,17 +64,17 @@ class FeatureService:
 
     def _abort(self, ctx: JobContext) -> None:
         p = ctx.payload
-        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{feature_root(p['account_id'], p['feature_id'])}/{ctx.attempt_tag}")
+        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{feature_root(p['account_id'], p['id'])}/{ctx.attempt_tag}")
 
     def run_job(self, ctx: JobContext) -> Outcome:
         d = self.deps
-        account_id, feature_id = ctx.payload["account_id"], ctx.payload["feature_id"]
+        account_id, feature_id = ctx.payload["account_id"], ctx.payload["id"]
         with d.db.session() as s:
             feature = s.get(Feature, feature_id)
             if feature is None:
                 raise JobFailure("COMMON_ERROR", "the Feature was deleted")
             bucket, path, model_name = feature.source_bucket, feature.source_file_path, feature.model_name
-            used = self.storage_used(s, account_id)
+            used = account_storage_used(s, account_id)
         encoder = get_encoder(model_name)
         root = feature_root(account_id, feature_id)
         prefix = f"{root}/{ctx.attempt_tag}"

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from userlens.storage.objectstore import ObjectStore
+from userlens.jobs.engine import TransientJobError
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 
 
 def write_part(store: ObjectStore, bucket: str, key: str, user_ids: list[str], vectors: np.ndarray) -> int:
@@ -27,7 +28,16 @@ def part_keys(store: ObjectStore, bucket: str, prefix: str) -> list[str]:
 
 
 def iter_vectors(store: ObjectStore, bucket: str, prefix: str, columns: tuple[str, ...] = ("user_id", "vector")) -> Iterator[tuple[list[str], np.ndarray | None]]:
-    """(user_ids, float32 matrix) per row group of every part, in order; memory bounded by a row group."""
+    """(user_ids, float32 matrix) per row group of every part, in order; memory bounded by a row group.
+
+    A store failure surfaces as a retryable OBS_DOWNLOAD_FAILED, wherever the caller is."""
+    try:
+        yield from _iter_vectors(store, bucket, prefix, columns)
+    except (ObjectStoreError, OSError) as exc:
+        raise TransientJobError("OBS_DOWNLOAD_FAILED", f"reading vectors {prefix}: {exc}") from exc
+
+
+def _iter_vectors(store: ObjectStore, bucket: str, prefix: str, columns: tuple[str, ...]):
     for key in part_keys(store, bucket, prefix):
         with store.open_read(bucket, key) as f:
             pf = pq.ParquetFile(f)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from userlens.api.auth import nclue_account
-from userlens.api.nclue.common import iso, job_extensions, job_fields
-from userlens.api.pagination import NcluePage, nclue_page
-from userlens.understanding.models import Feature
-
-router = APIRouter(prefix="/api/v1/features", tags=["NCLUE Features"])
+from userlens.api.nclue.common import iso
+from userlens.api.nclue.resources import common_fields, crud_router
 
 
 class FeatureCreate(BaseModel):
@@ -46,53 +41,22 @@ class FeaturePublic(BaseModel):
     fail_detail: str | None = Field(description="userlens extension: what failed, with file and line.")
 
 
-class FeatureList(BaseModel):
-    index: int
-    limit: int
-    total: int
-    features: list[FeaturePublic]
-
-
-class FeatureDeleted(BaseModel):
-    feature_id: str
-
-
-def feature_public(f: Feature) -> dict:
-    job = job_fields(f.job)
+def feature_public(f) -> dict:
     return {
         "feature_id": f.id,
         "feature_name": f.name,
-        "status": job["status"],
-        "created_at": iso(f.created_at),
-        "completed_at": job["completed_at"],
+        **common_fields(f),
         "source_bucket": f.source_bucket,
         "source_file_path": f.source_file_path,
         "user_count": f.user_count,
         "token_count": f.token_count,
         "disk_usage": f.disk_usage,
-        "fail_message": job["fail_message"],
         "nclue_model": f.model_name,
-        **job_extensions(f.job),
     }
 
 
-@router.post("", response_model=FeatureCreated, summary="Create a Feature (asynchronous)")
-def create_feature(body: FeatureCreate, request: Request, account_id: str = Depends(nclue_account)):
-    f = request.app.state.services.features.create(account_id, body.name, body.source_bucket, body.source_file_path)
-    return {"feature_id": f.id, "feature_name": f.name, "created_at": iso(f.created_at)}
-
-
-@router.get("", response_model=FeatureList, summary="List Features, newest first")
-def list_features(request: Request, page: NcluePage = Depends(nclue_page), account_id: str = Depends(nclue_account)):
-    total, rows = request.app.state.services.features.list(account_id, page.index, page.limit)
-    return page.envelope(total, "features", [feature_public(f) for f in rows])
-
-
-@router.get("/{feature_id}", response_model=FeaturePublic, summary="Get a Feature")
-def get_feature(feature_id: str, request: Request, account_id: str = Depends(nclue_account)):
-    return feature_public(request.app.state.services.features.get(account_id, feature_id))
-
-
-@router.delete("/{feature_id}", response_model=FeatureDeleted, summary="Delete a Feature and its vectors")
-def delete_feature(feature_id: str, request: Request, account_id: str = Depends(nclue_account)):
-    return {"feature_id": request.app.state.services.features.delete(account_id, feature_id)}
+router = crud_router(
+    prefix="/api/v1/features", tag="NCLUE Features", service="features", noun="Feature", list_key="features", id_name="feature_id",
+    create_schema=FeatureCreate, public_schema=FeaturePublic, created_schema=FeatureCreated,
+    to_public=feature_public, to_created=lambda f: {"feature_id": f.id, "feature_name": f.name, "created_at": iso(f.created_at)},
+)

@@ -1,0 +1,101 @@
+"""NCLUE Custom Attributes: score every user of a Feature against a set of keywords.
+
+`keyword_set` is at most 1,000 characters, keywords separated by `\\n` (responses join them with `,`).
+Each keyword is embedded by the Feature's own model as a one-behaviour sequence, so keywords and
+users share one vector space. A user's similarity to a keyword is the cosine of the two vectors;
+keywords combine with AND: the score is the user's *smallest* similarity over the keywords (a user
+scores high only if they are close to every keyword). The result TSV (same naming rule as Runs) has
+the header `user_id<TAB>score` and one line per user.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from userlens.errors import InvalidParameter
+from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome
+from userlens.storage.db import utcnow
+from userlens.understanding import outputs
+from userlens.understanding.encoder import get_encoder
+from userlens.understanding.features import FeatureService
+from userlens.understanding.models import CustomAttributes, Feature
+from userlens.understanding.resources import ResourceService
+from userlens.understanding.runs import check_result_location, score_batches
+from userlens.understanding.validation import check_name
+
+JOB_KIND = "nclue.custom_attributes"
+MAX_KEYWORD_SET = 1000
+
+
+def parse_keyword_set(value: object) -> list[str]:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidParameter("keyword_set is required: keywords separated by \\n")
+    if len(value) > MAX_KEYWORD_SET:
+        raise InvalidParameter(f"keyword_set is {len(value)} characters; at most {MAX_KEYWORD_SET}")
+    keywords = [k.strip() for k in value.split("\n") if k.strip()]
+    if any("," in k for k in keywords):
+        raise InvalidParameter("keywords cannot contain ',' (responses list keywords separated by ',')")
+    return keywords
+
+
+def and_scores(user_vectors: np.ndarray, keyword_vectors: np.ndarray) -> np.ndarray:
+    """AND of keyword similarities: the smallest cosine per user (vectors are L2-normalised)."""
+    return (user_vectors @ keyword_vectors.T).min(axis=1)
+
+
+class CustomAttributesService(ResourceService):
+    model = CustomAttributes
+    kind = JOB_KIND
+    label = "Custom Attributes profile"
+
+    def __init__(self, deps, features: FeatureService):
+        super().__init__(deps)
+        self.features = features
+        features.dependent_checks.append(lambda s, fid: self.active_where(s, CustomAttributes.feature_id == fid))
+
+    def create(self, account_id: str, body: dict) -> CustomAttributes:
+        d = self.deps
+        name = check_name(body.get("name"))
+        with d.db.session() as s:
+            self.check_unique(s, account_id, name)
+        keywords = parse_keyword_set(body.get("keyword_set"))
+        path = check_result_location(d, body.get("result_bucket"), body.get("result_file_path"))
+        with d.db.session() as s:
+            self.check_unique(s, account_id, name)
+            feature = self.features.require_completed(s, account_id, body.get("feature_id"), "feature_id")
+            row_id = self.new_id()
+            job = self.submit(s, account_id, row_id)
+            row = CustomAttributes(
+                id=row_id, account_id=account_id, name=name, job_id=job.id, feature_id=feature.id, feature_name=feature.name,
+                keywords=keywords, result_bucket=body["result_bucket"], result_file_path=outputs.result_object_key(path, utcnow()), created_at=job.created_at,
+            )
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            return row
+
+    def register_jobs(self, registry: JobRegistry) -> None:
+        registry.register(JOB_KIND, self.run_job)
+
+    def run_job(self, ctx: JobContext) -> Outcome:
+        d = self.deps
+        row_id = ctx.payload["id"]
+        with d.db.session() as s:
+            row = s.get(CustomAttributes, row_id)
+            if row is None:
+                raise JobFailure("COMMON_ERROR", "the profile was deleted")
+            feature = s.get(Feature, row.feature_id)
+        if feature is None or feature.vectors_prefix is None:
+            raise JobFailure("COMMON_ERROR", "the Feature is no longer available")
+        keyword_vectors = get_encoder(feature.model_name).encode_texts(list(row.keywords)).astype(np.float32)
+        lines = outputs.write_scores_tsv(
+            d.store, row.result_bucket, row.result_file_path,
+            score_batches(d, feature, lambda mat: and_scores(mat, keyword_vectors), ctx, feature.user_count),
+        )
+
+        def publish(s: Session) -> None:
+            s.execute(update(CustomAttributes).where(CustomAttributes.id == row_id).values(line_count=lines))
+
+        return Outcome(result={"line_count": lines}, publish=publish)
