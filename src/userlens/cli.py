@@ -17,6 +17,8 @@ from userlens.config import Settings
 app = typer.Typer(help="userlens: self-hosted NCLUE-compatible user understanding and AEP-compatible profiles.", no_args_is_help=True)
 keys_app = typer.Typer(help="NCLUE access keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+orgs_app = typer.Typer(help="AEP organisations, sandboxes and client credentials.", no_args_is_help=True)
+app.add_typer(orgs_app, name="orgs")
 log = logging.getLogger("userlens.cli")
 
 
@@ -128,6 +130,29 @@ def keys_revoke(access_key: str) -> None:
         typer.echo("no such key", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {access_key}")
+
+
+@orgs_app.command("create")
+def orgs_create(name: str = typer.Option(..., help="Organisation name (unique)."), sandbox: str = typer.Option("prod", help="Name of its default production sandbox.")) -> None:
+    """Create an AEP org, its production sandbox and client credentials (the secret is printed once)."""
+    svc = _prepare(_settings())
+    creds = svc.orgs.create_org(name, sandbox)
+    typer.echo(json.dumps({"org_id": creds.org_id, "sandbox": creds.sandbox, "client_id": creds.client_id, "client_secret": creds.client_secret, "token_endpoint": "/ims/token/v3"}, indent=2))
+
+
+@orgs_app.command("add-sandbox")
+def orgs_add_sandbox(org_id: str, name: str, type: str = typer.Option("development", help="development | production")) -> None:
+    """Add a sandbox to an org."""
+    svc = _prepare(_settings())
+    typer.echo(svc.orgs.create_sandbox(org_id, name, type))
+
+
+@orgs_app.command("list")
+def orgs_list() -> None:
+    """List orgs and their sandboxes."""
+    svc = _prepare(_settings())
+    for org_id, name, sandboxes in svc.orgs.list_orgs():
+        typer.echo(f"{org_id}\t{name}\t{','.join(sandboxes)}")
 
 
 @app.command()

@@ -31,6 +31,19 @@ class Services:
     tasks: TaskService
     runs: RunService
     custom_attributes: CustomAttributesService
+    # AEP (profiles/wiring.py): built in __post_init__ from db/store/queue/registry above.
+    orgs: object = None
+    catalog: object = None
+    ingest: object = None
+    merge_policies: object = None
+    profile_store: object = None
+    profile_access: object = None
+
+    def __post_init__(self) -> None:
+        from userlens.profiles.wiring import build_aep
+
+        build_aep(self)
+
     def make_worker(self, threads: int | None = None) -> Worker:
         return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval)
 

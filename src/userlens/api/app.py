@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from userlens import __version__
+from userlens.api import aep
 from userlens.api.errors import install_error_handlers
 from userlens.api.nclue import features, tasks
 from userlens.config import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="userlens", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.services = svc
     install_error_handlers(app)
+    aep.install(app)
 
     @app.get("/healthz", tags=["service"], summary="Liveness and dependency check")
     def healthz():

@@ -1,0 +1,100 @@
+"""Profile access (reference §10): a merged profile by identity or XID, a profile's events.
+
+Identity graph `pdg` reads every fragment of the graph; `none` only those whose primary identity is
+the requested one. A graph over 50 identities raises TooManyIdentities (HTTP 422).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from userlens.errors import DomainError
+from userlens.profiles.merge import MergePolicyService, Policy, merge_fragments
+from userlens.profiles.store import GraphTooLarge, ProfileStore
+
+
+class TooManyIdentities(DomainError):
+    name = "TOO_MANY_IDENTITIES"
+
+
+def rfc3339(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def select_fields(entity: dict, fields: list[str] | None) -> dict:
+    """Keeps only the dotted paths asked for (`fields=identities,person.name`)."""
+    if not fields:
+        return entity
+    out: dict = {}
+    for path in fields:
+        parts = path.split(".")
+        src, dst = entity, out
+        for i, p in enumerate(parts):
+            if not isinstance(src, dict) or p not in src:
+                break
+            if i == len(parts) - 1:
+                dst[p] = src[p]
+            else:
+                src = src[p]
+                dst = dst.setdefault(p, {})
+    return out
+
+
+@dataclass
+class Resolved:
+    xid: str
+    pkeys: list[str]
+    policy: Policy
+
+
+class ProfileAccess:
+    def __init__(self, store: ProfileStore, policies: MergePolicyService):
+        self.store, self.policies = store, policies
+
+    def resolve(self, sandbox_id: str, *, ikey: str | None, xid: str | None, policy_id: str | None) -> Resolved | None:
+        policy = self.policies.resolve(sandbox_id, policy_id)
+        stitch = policy.identity_graph == "pdg"
+        try:
+            g = self.store.graph_of(sandbox_id, ikey=ikey, xid=xid, stitch=stitch if xid is None else True)
+        except GraphTooLarge as exc:
+            raise TooManyIdentities(f"Too many related identities: the graph {exc.xid} has {exc.size} identities (limit 50)") from exc
+        if g is None:
+            return None
+        return Resolved(g.xid, g.members, policy)
+
+    def profile(self, sandbox_id: str, r: Resolved, fields: list[str] | None = None) -> dict | None:
+        datasets = self.store.datasets(sandbox_id)
+        enabled = {d for d, ds in datasets.items() if ds.profile_enabled}
+        frags = [f for f in self.store.fragments(sandbox_id, r.pkeys) if f.dataset_id in enabled]
+        events = [e for e in self.store.event_summary(sandbox_id, r.pkeys) if e[0] in enabled]
+        if not frags and not events:
+            return None
+        attrs = merge_fragments(frags, r.policy, {d for d in enabled if datasets[d].upsert})
+        seen: dict[str, dict] = {}
+        for ids in [f.identities for f in frags] + [json.loads(e[2]) for e in events]:
+            for ns, value, primary in ids:
+                key = f"{ns}:{value}"
+                if r.policy.identity_graph == "none" and key not in r.pkeys and not frags:
+                    pass
+                item = seen.setdefault(key, {"id": value, "namespace": {"code": ns}})
+                if primary and key in r.pkeys:
+                    item["primary"] = True
+        identities = list(seen.values())
+        identity_map: dict[str, list] = {}
+        for it in identities:
+            identity_map.setdefault(it["namespace"]["code"], []).append({"id": it["id"], **({"primary": True} if it.get("primary") else {})})
+        entity = {"identities": identities, "identityMap": identity_map, **attrs}
+        sources = sorted({f.dataset_id for f in frags} | {e[0] for e in events})
+        batches = sorted({f.batch_id for f in frags} | {e[1] for e in events})
+        last = max([f.ingest_ms for f in frags] + [e[3] for e in events])
+        return {
+            "entityId": r.xid,
+            "sources": sources,
+            "tags": batches,
+            "identityGraph": [r.xid],
+            "entity": select_fields(entity, fields),
+            "lastModifiedAt": rfc3339(last),
+            **({"mergePolicy": {"id": r.policy.id}} if r.policy.id else {}),
+        }
