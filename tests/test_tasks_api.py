@@ -341,9 +341,35 @@ def test_custom_attributes_keyword_set_rules(world):
     assert c.delete(f"/api/v1/profile/custom-attributes/{made['profile_id']}") == {"profile_id": made["profile_id"]}
 
 
-def test_and_combination_takes_the_weakest_keyword():
+def test_and_combination_favours_users_close_to_all_keywords():
     from userlens.understanding.custom_attributes import and_scores
 
-    users = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    s = 2 ** -0.5
+    users = np.array([[1.0, 0.0], [s, s], [0.0, 1.0]], dtype=np.float32)
     keywords = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    assert and_scores(users, keywords).tolist() == pytest.approx([0.0, 0.6, 0.0])
+    scores = and_scores(users, keywords)
+    assert scores.tolist() == pytest.approx([s, 1.0, s])  # the user near both keywords ranks first
+    assert and_scores(users, keywords[:1]).tolist() == pytest.approx([1.0, s, 0.0])  # one keyword: its cosine
+
+
+def test_semantic_model_matches_keywords_by_meaning_across_languages(world):
+    """ul-sem-v1: runners score high for a Japanese keyword that shares no word with their behaviours."""
+    c, w = world.client, world
+    created = c.post("/api/v1/features", {"name": "semantic", "source_bucket": w.bucket, "source_file_path": "seq/users.csv", "nclue_model": "ul-sem-v1"})
+    w.run_jobs()
+    f = c.get(f"/api/v1/features/{created['feature_id']}")
+    assert (f["status"], f["nclue_model"]) == ("completed", "ul-sem-v1"), f["fail_detail"]
+    hashed = c.get(f"/api/v1/features/{w.extra['feature_id']}")
+    assert f["token_count"] == hashed["token_count"]  # one tokenizer for every model
+    p = c.post("/api/v1/profile/custom-attributes", {"name": "jp", "feature_id": f["feature_id"], "keyword_set": "ジョギング", "result_bucket": w.bucket, "result_file_path": "attrs/"})
+    w.run_jobs()
+    df = read_tsv(w, c.get(f"/api/v1/profile/custom-attributes/{p['profile_id']}")["result_file_path"])
+    assert auc(dict(zip(df.user_id, df.score)), w.extra["truth"]) > 0.75
+    # a Task trained on the hashed Feature cannot score the semantic one
+    tid = make_task(w)["task_id"]
+    assert_error(c.raw("POST", "/api/v1/task-runs", body={"name": "x", "task_id": tid, "feature_id": f["feature_id"], "result_bucket": w.bucket, "result_file_path": "o/"}), 422, 19422, "MODEL_MISMATCH")
+
+
+def test_unknown_model_is_400(world):
+    body = {"name": "m", "source_bucket": world.bucket, "source_file_path": "seq/users.csv", "nclue_model": "gpt-9"}
+    assert_error(world.client.raw("POST", "/api/v1/features", body=body), 400, 19400, "INVALID_PARAMETER")

@@ -67,6 +67,7 @@ def build_services(settings: Settings) -> Services:
         quota_bytes=settings.storage_quota_bytes,
         chunk_rows=settings.feature_chunk_rows,
         fault_slow_chunk_ms=settings.fault_slow_chunk_ms,
+        model_name=settings.nclue_model,
         task_candidates=tuple(c.strip() for c in settings.task_candidates.split(",") if c.strip()),
     )
     features = FeatureService(nclue)

@@ -2,10 +2,13 @@
 
 `keyword_set` is at most 1,000 characters, keywords separated by `\\n` (responses join them with `,`).
 Each keyword is embedded by the Feature's own model as a one-behaviour sequence, so keywords and
-users share one vector space. A user's similarity to a keyword is the cosine of the two vectors;
-keywords combine with AND: the score is the user's *smallest* similarity over the keywords (a user
-scores high only if they are close to every keyword). The result TSV (same naming rule as Runs) has
-the header `user_id<TAB>score` and one line per user.
+users share one vector space. Keywords combine with AND into one direction, the normalised sum of
+their vectors; a user's score is the cosine between the user and that direction, high only when the
+user is close to all the keywords together. (Measured on MovieLens-100K with `ul-sem-v1`: the sum
+ranked users who match two genres at once better than the minimum of the per-keyword cosines,
+AUC 0.79-0.87 against 0.69-0.83; see bench/custom_attributes_quality.py.) For keywords to match by
+meaning rather than by shared words, make the Feature with `nclue_model: "ul-sem-v1"`. The result
+TSV (same naming rule as Runs) has the header `user_id<TAB>score` and one line per user.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from userlens.errors import InvalidParameter
 from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome
 from userlens.storage.db import utcnow
 from userlens.understanding import outputs
-from userlens.understanding.encoder import get_encoder
+from userlens.understanding.model_registry import get_model
 from userlens.understanding.features import FeatureService
 from userlens.understanding.models import CustomAttributes, Feature
 from userlens.understanding.resources import ResourceService
@@ -40,9 +43,16 @@ def parse_keyword_set(value: object) -> list[str]:
     return keywords
 
 
+def and_direction(keyword_vectors: np.ndarray) -> np.ndarray:
+    """The AND of the keywords: the normalised sum of their vectors (one direction for all)."""
+    total = keyword_vectors.astype(np.float32).sum(axis=0)
+    norm = float(np.linalg.norm(total))
+    return total / norm if norm > 0 else total
+
+
 def and_scores(user_vectors: np.ndarray, keyword_vectors: np.ndarray) -> np.ndarray:
-    """AND of keyword similarities: the smallest cosine per user (vectors are L2-normalised)."""
-    return (user_vectors @ keyword_vectors.T).min(axis=1)
+    """A user's score: the cosine between the user (L2-normalised) and the keywords' AND direction."""
+    return user_vectors @ and_direction(keyword_vectors)
 
 
 class CustomAttributesService(ResourceService):
@@ -89,7 +99,7 @@ class CustomAttributesService(ResourceService):
             feature = s.get(Feature, row.feature_id)
         if feature is None or feature.vectors_prefix is None:
             raise JobFailure("COMMON_ERROR", "the Feature is no longer available")
-        keyword_vectors = get_encoder(feature.model_name).encode_texts(list(row.keywords)).astype(np.float32)
+        keyword_vectors = get_model(feature.model_name).encode_texts(list(row.keywords)).astype(np.float32)
         lines = outputs.write_scores_tsv(
             d.store, row.result_bucket, row.result_file_path,
             score_batches(d, feature, lambda mat: and_scores(mat, keyword_vectors), ctx, feature.user_count),

@@ -13,10 +13,11 @@ import time
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from userlens.errors import InvalidParameter
 from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome, TransientJobError
 from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import sequences, vectors
-from userlens.understanding.encoder import DEFAULT_MODEL, get_encoder
+from userlens.understanding.model_registry import available_models, get_model
 from userlens.understanding.models import Feature
 from userlens.understanding.resources import ResourceService, account_storage_used
 from userlens.understanding.validation import check_name, check_path_characters, check_path_exists
@@ -38,6 +39,9 @@ class FeatureService(ResourceService):
         d = self.deps
         name = check_name(body.get("name"))
         source_bucket, source_file_path = body.get("source_bucket"), body.get("source_file_path")
+        model_name = body.get("nclue_model") or d.model_name
+        if model_name not in available_models():
+            raise InvalidParameter(f"nclue_model must be one of {', '.join(available_models())} (got {model_name!r})")
         with d.db.session() as s:
             self.check_unique(s, account_id, name)
         path = check_path_characters(source_file_path, "source_file_path", "INVALID_PATH_CHARACTER")
@@ -46,7 +50,7 @@ class FeatureService(ResourceService):
             self.check_unique(s, account_id, name)
             feature_id = self.new_id()
             job = self.submit(s, account_id, feature_id)
-            feature = Feature(id=feature_id, account_id=account_id, name=name, job_id=job.id, source_bucket=source_bucket, source_file_path=path, model_name=d.model_name or DEFAULT_MODEL, created_at=job.created_at)
+            feature = Feature(id=feature_id, account_id=account_id, name=name, job_id=job.id, source_bucket=source_bucket, source_file_path=path, model_name=model_name, created_at=job.created_at)
             s.add(feature)
             s.flush()
             s.refresh(feature)
@@ -75,7 +79,7 @@ class FeatureService(ResourceService):
                 raise JobFailure("COMMON_ERROR", "the Feature was deleted")
             bucket, path, model_name = feature.source_bucket, feature.source_file_path, feature.model_name
             used = account_storage_used(s, account_id)
-        encoder = get_encoder(model_name)
+        encoder = get_model(model_name)
         root = feature_root(account_id, feature_id)
         prefix = f"{root}/{ctx.attempt_tag}"
         self._remove_stale_attempts(root, keep=ctx.attempt_tag)

@@ -16,6 +16,11 @@ class FeatureCreate(BaseModel):
         description="A file or a folder of part files inside the bucket. Forbidden: & $ @ ; : + , ? * \\ { } ^ % ` [ ] < > ~ # | \" ' , control and non-ASCII characters.",
         examples=["sequences/users.csv"],
     )
+    nclue_model: str | None = Field(
+        None,
+        description="userlens extension: the model, ul-hash-v1 (default: fast, best for Tasks) or ul-sem-v1 (multilingual "
+        "sentence embeddings: keywords match by meaning, for Custom Attributes). NCLUE clients leave it out.",
+    )
 
 
 class FeatureCreated(BaseModel):
