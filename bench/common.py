@@ -105,6 +105,41 @@ class Embedded:
                 self.worker.kill()
                 self.worker.wait(10)
 
+    def start_inline_worker(self, threads: int = 1):
+        """Workers in this process (for benchmarks that measure results, not speed)."""
+        self._inline = self.svc.make_worker(threads)
+        self._inline.start()
+        return self._inline
+
+    def make_feature(self, name: str, bucket: str, key: str, model: str | None = None, timeout: float = 1800) -> dict:
+        """POST a Feature and poll it to completion through the API."""
+        body = {"name": name, "source_bucket": bucket, "source_file_path": key}
+        if model:
+            body["nclue_model"] = model
+        fid = self.client.post("/api/v1/features", body)["feature_id"]
+        f = self.client.wait(f"/api/v1/features/{fid}", timeout=timeout, interval=0.2)
+        if f["status"] != "completed":
+            raise SystemExit(f"feature failed: {f['fail_message']} {f.get('fail_detail')}")
+        return f
+
+    def feature_matrix(self, feature_id: str, user_ids: list[str]):
+        """The stored vectors of a Feature, read back from the object store, in `user_ids` order."""
+        import numpy as np
+
+        from userlens.understanding.models import Feature
+        from userlens.understanding.vectors import iter_vectors
+
+        with self.svc.db.session() as s:
+            prefix = s.get(Feature, feature_id).vectors_prefix
+        rows = {}
+        for ids, mat in iter_vectors(self.svc.store, self.svc.settings.internal_bucket, prefix):
+            rows.update(zip(ids, mat))
+        return np.stack([rows[u] for u in user_ids])
+
+    def put_text(self, bucket: str, key: str, text: str) -> None:
+        self.svc.store.create_bucket(bucket)
+        self.svc.store.write_bytes(bucket, key, text.encode("utf-8"))
+
     def put_file(self, bucket: str, key: str, path: Path) -> None:
         self.svc.store.create_bucket(bucket)
         with open(path, "rb") as src, self.svc.store.open_write(bucket, key) as dst:
@@ -112,6 +147,8 @@ class Embedded:
 
     def close(self, keep: bool = False) -> None:
         self.stop_worker()
+        if getattr(self, "_inline", None) is not None:
+            self._inline.stop()
         self.svc.close()
         if not keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)

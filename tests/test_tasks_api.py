@@ -89,6 +89,17 @@ def test_task_with_a_test_file_on_another_feature_of_the_same_model(world):
     assert t["performance"]["train_count"] == N_USERS and t["performance"]["auc"] > 0.85
 
 
+def test_test_file_needs_both_labels(world):
+    truth = world.extra["truth"]
+    world.put("answers/test-pos-only.csv", "".join(f"{u}\t1\n" for u, i in truth.items() if "running" in i))
+    t = make_task(world, test_feature_id=world.extra["feature_id"], test_bucket=world.bucket, test_file_path="answers/test-pos-only.csv")
+    assert t["fail_message"] == "NUM_OF_LABEL_INSUFFICIENT" and "test answers" in t["fail_detail"]
+    few = [u for u, i in truth.items() if "running" in i][:3] + [u for u, i in truth.items() if "running" not in i][:3]
+    world.put("answers/test-small.csv", "".join(f"{u}\t{int('running' in truth[u])}\n" for u in few))
+    t = make_task(world, name="small-test", test_feature_id=world.extra["feature_id"], test_bucket=world.bucket, test_file_path="answers/test-small.csv")
+    assert t["status"] == "completed" and t["performance"]["test_count"] == 6
+
+
 def test_users_duplicated_in_a_feature_do_not_fail_a_task(world):
     from userlens.understanding import vectors
 

@@ -2,8 +2,9 @@
 
 Without test fields the labelled users are split 80/20, stratified, with seed 42 (TEST_SHARE, SEED).
 With them, the test file (joined with the test Feature, which must be of the same model) is the test
-set. Either way, each label needs at least MIN_PER_LABEL (100) rows after joining with the Feature
-(NUM_OF_LABEL_INSUFFICIENT), in the training data and in the test data. Users that appear more than
+set. The training answers (all of them, before an automatic split) need at least MIN_PER_LABEL (100)
+rows of each label after joining with the Feature; a test file needs at least one of each (AUC is
+undefined otherwise); both fail with NUM_OF_LABEL_INSUFFICIENT. Users that appear more than
 once in a Feature count once (the first vector). Tasks of one account train one at a time, in the
 order they were requested (a concurrency key per account); other job kinds run meanwhile.
 
@@ -122,10 +123,10 @@ class TaskService(ResourceService):
         return X, np.asarray(ys, dtype=np.int64)
 
     @staticmethod
-    def _check_counts(y: np.ndarray, what: str) -> None:
+    def _check_counts(y: np.ndarray, what: str, minimum: int = MIN_PER_LABEL) -> None:
         pos, neg = int(y.sum()), int(len(y) - y.sum())
-        if pos < MIN_PER_LABEL or neg < MIN_PER_LABEL:
-            raise JobFailure("NUM_OF_LABEL_INSUFFICIENT", f"{what}: {neg} rows labelled 0 and {pos} labelled 1 after joining with the Feature; each label needs at least {MIN_PER_LABEL}")
+        if pos < minimum or neg < minimum:
+            raise JobFailure("NUM_OF_LABEL_INSUFFICIENT", f"{what}: {neg} rows labelled 0 and {pos} labelled 1 after joining with the Feature; each label needs at least {minimum}")
 
     def run_job(self, ctx: JobContext) -> Outcome:
         from sklearn.model_selection import train_test_split
@@ -155,7 +156,7 @@ class TaskService(ResourceService):
             self._check_counts(y, "train answers")
             X_train, y_train = X, y
             X_test, y_test = self._join(test_feature, test_labels, ctx)
-            self._check_counts(y_test, "test answers")
+            self._check_counts(y_test, "test answers", minimum=1)
             split = "test file"
         ctx.progress(0.35, f"training on {len(y_train)} users")
         clf, selection = classifier.train(X_train, y_train, d.task_candidates)
