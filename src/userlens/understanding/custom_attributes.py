@@ -14,18 +14,14 @@ TSV (same naming rule as Runs) has the header `user_id<TAB>score` and one line p
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import update
-from sqlalchemy.orm import Session
 
 from userlens.errors import InvalidParameter
-from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome
 from userlens.storage.db import utcnow
 from userlens.understanding import outputs
-from userlens.understanding.model_registry import get_model
 from userlens.understanding.features import FeatureService
+from userlens.understanding.model_registry import get_model
 from userlens.understanding.models import CustomAttributes, Feature
-from userlens.understanding.resources import ResourceService
-from userlens.understanding.runs import check_result_location, score_batches
+from userlens.understanding.scoring import ScoreFileService, check_result_location
 from userlens.understanding.validation import check_name
 
 JOB_KIND = "nclue.custom_attributes"
@@ -55,7 +51,7 @@ def and_scores(user_vectors: np.ndarray, keyword_vectors: np.ndarray) -> np.ndar
     return user_vectors @ and_direction(keyword_vectors)
 
 
-class CustomAttributesService(ResourceService):
+class CustomAttributesService(ScoreFileService):
     model = CustomAttributes
     kind = JOB_KIND
     label = "Custom Attributes profile"
@@ -81,31 +77,8 @@ class CustomAttributesService(ResourceService):
                 id=row_id, account_id=account_id, name=name, job_id=job.id, feature_id=feature.id, feature_name=feature.name,
                 keywords=keywords, result_bucket=body["result_bucket"], result_file_path=outputs.result_object_key(path, utcnow()), created_at=job.created_at,
             )
-            s.add(row)
-            s.flush()
-            s.refresh(row)
-            return row
+            return self.add(s, row)
 
-    def register_jobs(self, registry: JobRegistry) -> None:
-        registry.register(JOB_KIND, self.run_job)
-
-    def run_job(self, ctx: JobContext) -> Outcome:
-        d = self.deps
-        row_id = ctx.payload["id"]
-        with d.db.session() as s:
-            row = s.get(CustomAttributes, row_id)
-            if row is None:
-                raise JobFailure("COMMON_ERROR", "the profile was deleted")
-            feature = s.get(Feature, row.feature_id)
-        if feature is None or feature.vectors_prefix is None:
-            raise JobFailure("COMMON_ERROR", "the Feature is no longer available")
+    def scorer(self, row: CustomAttributes, feature: Feature):
         keyword_vectors = get_model(feature.model_name).encode_texts(list(row.keywords)).astype(np.float32)
-        lines = outputs.write_scores_tsv(
-            d.store, row.result_bucket, row.result_file_path,
-            score_batches(d, feature, lambda mat: and_scores(mat, keyword_vectors), ctx, feature.user_count),
-        )
-
-        def publish(s: Session) -> None:
-            s.execute(update(CustomAttributes).where(CustomAttributes.id == row_id).values(line_count=lines))
-
-        return Outcome(result={"line_count": lines}, publish=publish)
+        return lambda mat: and_scores(mat, keyword_vectors)

@@ -8,50 +8,20 @@ and the Feature must be of the same model (422 MODEL_MISMATCH), and both complet
 
 from __future__ import annotations
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
-
 from userlens.errors import DomainError
-from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome
+from userlens.jobs.engine import JobFailure
 from userlens.storage.db import utcnow
-from userlens.understanding import outputs, vectors
+from userlens.understanding import outputs
 from userlens.understanding.features import FeatureService
 from userlens.understanding.models import Feature, Task, TaskRun
-from userlens.understanding.resources import ResourceService
+from userlens.understanding.scoring import ScoreFileService, check_result_location
 from userlens.understanding.tasks import TaskService, load_classifier
-from userlens.storage.objectstore import InvalidObjectPath, ObjectStoreError, check_bucket
-from userlens.understanding.validation import check_name, check_path_characters
+from userlens.understanding.validation import check_name
 
 JOB_KIND = "nclue.task_run"
 
 
-def check_result_location(deps, bucket: object, path: object) -> str:
-    """The result path's characters (422 / 10103) and bucket (404 / 10106); the file need not exist."""
-    path = check_path_characters(path, "result_file_path", "INVALID_PATH_CHARACTER")
-    try:
-        check_bucket(bucket if isinstance(bucket, str) else "")
-        exists = bucket != deps.internal_bucket and deps.store.bucket_exists(bucket)
-    except InvalidObjectPath:
-        exists = False
-    except ObjectStoreError as exc:
-        raise DomainError(f"object storage unavailable: {exc}", name="OBS_UNAVAILABLE") from exc
-    if not exists:
-        raise DomainError(f"result bucket {bucket!r} does not exist", name="PATH_NOT_FOUND")
-    return path
-
-
-def score_batches(deps, feature: Feature, score, ctx: JobContext, total: int | None):
-    """(user_ids, scores) per row group of the Feature, reporting progress."""
-    done = 0
-    for ids, mat in vectors.iter_vectors(deps.store, deps.internal_bucket, feature.vectors_prefix):
-        ctx.check()
-        yield ids, score(mat)
-        done += len(ids)
-        if total:
-            ctx.progress(min(0.99, done / total), f"{done} users scored")
-
-
-class RunService(ResourceService):
+class RunService(ScoreFileService):
     model = TaskRun
     kind = JOB_KIND
     label = "Run"
@@ -81,31 +51,14 @@ class RunService(ResourceService):
                 feature_id=feature.id, feature_name=feature.name, result_bucket=body["result_bucket"],
                 result_file_path=outputs.result_object_key(path, utcnow()), created_at=job.created_at,
             )
-            s.add(run)
-            s.flush()
-            s.refresh(run)
-            return run
+            return self.add(s, run)
 
-    def register_jobs(self, registry: JobRegistry) -> None:
-        registry.register(JOB_KIND, self.run_job)
-
-    def run_job(self, ctx: JobContext) -> Outcome:
-        d = self.deps
-        run_id = ctx.payload["id"]
-        with d.db.session() as s:
-            run = s.get(TaskRun, run_id)
-            if run is None:
-                raise JobFailure("COMMON_ERROR", "the Run was deleted")
-            task = s.get(Task, run.task_id)
-            feature = s.get(Feature, run.feature_id)
-        if task is None or task.artifact_key is None or feature is None or feature.vectors_prefix is None:
-            raise JobFailure("COMMON_ERROR", "the Task or the Feature is no longer available")
-        clf = load_classifier(d.store, d.internal_bucket, task.artifact_key)
+    def scorer(self, row: TaskRun, feature: Feature):
+        with self.deps.db.session() as s:
+            task = s.get(Task, row.task_id)
+        if task is None or task.artifact_key is None:
+            raise JobFailure("COMMON_ERROR", "the Task is no longer available")
+        clf = load_classifier(self.deps.store, self.deps.internal_bucket, task.artifact_key)
         if clf.dim != feature.dim:
             raise JobFailure("COMMON_ERROR", f"the Task expects {clf.dim}-dimensional vectors, the Feature has {feature.dim}")
-        lines = outputs.write_scores_tsv(d.store, run.result_bucket, run.result_file_path, score_batches(d, feature, clf.predict_proba, ctx, feature.user_count))
-
-        def publish(s: Session) -> None:
-            s.execute(update(TaskRun).where(TaskRun.id == run_id).values(line_count=lines))
-
-        return Outcome(result={"line_count": lines}, publish=publish)
+        return clf.predict_proba
