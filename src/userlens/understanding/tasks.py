@@ -166,7 +166,7 @@ class TaskService(ResourceService):
         performance.update(
             train_count=int(len(y_train)), test_count=int(len(y_test)),
             train_positive_count=int(y_train.sum()), test_positive_count=int(y_test.sum()),
-            split=split, model=selection["chosen"], validation=selection["candidates"],
+            split=split, model=selection["chosen"], validation=selection["candidates"], selection=selection["selection"],
         )
         key = f"{task_root(account_id, task_id)}/{ctx.attempt_tag}/model.npz"
         data = clf.to_bytes()
