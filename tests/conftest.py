@@ -150,7 +150,7 @@ def nclue(backend, tmp_path):
         lease_seconds=5,
         retry_backoff_seconds=0.01,
         master_key="test-master-key",
-        task_candidates="logreg",  # fast; test_tasks_api checks the full model selection once
+        task_candidates="logreg:0.001",  # fast; test_tasks_api checks the full model selection once
     )
     svc = build_services(settings)
     svc.store.create_bucket(settings.internal_bucket)

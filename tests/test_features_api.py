@@ -262,7 +262,7 @@ def test_unexpected_error_is_common_error(nclue, monkeypatch):
         def encode(self, seqs):
             raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(features_module, "get_encoder", lambda name: Broken())
+    monkeypatch.setattr(features_module, "get_model", lambda name: Broken())
     f = make_feature(nclue, SEQ)
     assert f["fail_message"] == "COMMON_ERROR" and "model exploded" in f["fail_detail"]
 

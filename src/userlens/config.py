@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     nclue_model: str = Field("ul-hash-v1", description="Model of new Features when a request names none (ul-hash-v1 or ul-sem-v1).")
 
     # Tasks
-    task_candidates: str = Field("logreg,mlp", description="Classifiers a Task chooses from by validation AUC (logreg, mlp).")
+    task_candidates: str = Field("logreg,mlp", description="Classifiers a Task chooses from by validation AUC: logreg (C grid), mlp; logreg:C pins one C.")
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "console"

@@ -87,6 +87,20 @@ def _fit(kind: str, param: float, Z: np.ndarray, y: np.ndarray):
 ALL_CANDIDATES = ("logreg", "mlp")
 
 
+def candidate_grid(candidates: tuple[str, ...]) -> list[tuple[str, float]]:
+    """`logreg` (every C of LOGREG_C) and `mlp`; `logreg:0.01` pins one value (a cheaper search)."""
+    grid: list[tuple[str, float]] = []
+    for item in candidates:
+        kind, _, value = item.partition(":")
+        if kind == "logreg":
+            grid += [("logreg", float(value))] if value else [("logreg", c) for c in LOGREG_C]
+        elif kind == "mlp":
+            grid.append(("mlp", float(value) if value else 1e-3))
+        else:
+            raise ValueError(f"unknown classifier {item!r} (logreg, logreg:C, mlp, mlp:alpha)")
+    return grid
+
+
 def train(X: np.ndarray, y: np.ndarray, candidates: tuple[str, ...] = ALL_CANDIDATES) -> tuple[Classifier, dict]:
     """Chooses the candidate with the best validation AUC and refits it on all rows."""
     from sklearn.metrics import roc_auc_score
@@ -102,9 +116,7 @@ def train(X: np.ndarray, y: np.ndarray, candidates: tuple[str, ...] = ALL_CANDID
         fit_idx, val_idx = train_test_split(idx, test_size=0.2, stratify=y[idx], random_state=SEED)
         folds = [(fit_idx, val_idx)]
         how = f"stratified 80/20 holdout of {len(idx)} rows"
-    grid = ([("logreg", c) for c in LOGREG_C] if "logreg" in candidates else []) + ([("mlp", 1e-3)] if "mlp" in candidates else [])
-    if not grid:
-        raise ValueError(f"no known classifier among {candidates}")
+    grid = candidate_grid(candidates)
     results = []
     for kind, param in grid:
         t0 = time.perf_counter()
