@@ -9,6 +9,7 @@ visible all at once; a failed or lost attempt's folder is removed (or later foun
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -96,25 +97,38 @@ class FeatureService(ResourceService):
 
         dup = sequences.DuplicateDetector()
         users = tokens = written = 0
-        for i, chunk in enumerate(sequences.iter_chunks(d.store, bucket, keys, d.chunk_rows)):
-            ctx.check()
-            if len(set(chunk.user_ids)) != len(chunk.user_ids):
-                seen: set[str] = set()
-                first = next(u for u in chunk.user_ids if u in seen or seen.add(u))
-                raise JobFailure("DUPLICATE_USERID", f"user_id {first!r} appears more than once")
-            dup.add(chunk.user_ids)
-            vecs, counts = encoder.encode(chunk.sequences)
+        # Part i is written on a second thread while chunk i+1 is parsed and encoded (pyarrow and
+        # NumPy release the GIL), with at most one write in flight so memory stays bounded.
+        pending: Future | None = None
+
+        def settle(future: Future) -> None:
+            nonlocal written
             try:
-                written += vectors.write_part(d.store, d.internal_bucket, f"{prefix}/part-{i:05d}.parquet", chunk.user_ids, vecs)
+                written += future.result()
             except ObjectStoreError as exc:
                 raise TransientJobError("OBS_UPLOAD_FAILED", f"writing vectors: {exc}") from exc
             if used + written > d.quota_bytes:
                 raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used, this Feature needs more than {written})")
-            users += len(chunk.user_ids)
-            tokens += int(counts.sum())
-            ctx.progress(min(0.99, chunk.consumed_bytes / total_bytes), f"{users} users, {tokens} tokens")
-            if d.fault_slow_chunk_ms:
-                time.sleep(d.fault_slow_chunk_ms / 1000)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="feature-writer") as writer:
+            for i, chunk in enumerate(sequences.iter_chunks(d.store, bucket, keys, d.chunk_rows)):
+                ctx.check()
+                if len(set(chunk.user_ids)) != len(chunk.user_ids):
+                    seen: set[str] = set()
+                    first = next(u for u in chunk.user_ids if u in seen or seen.add(u))
+                    raise JobFailure("DUPLICATE_USERID", f"user_id {first!r} appears more than once")
+                dup.add(chunk.user_ids)
+                vecs, counts = encoder.encode(chunk.sequences)
+                if pending is not None:
+                    settle(pending)
+                pending = writer.submit(vectors.write_part, d.store, d.internal_bucket, f"{prefix}/part-{i:05d}.parquet", chunk.user_ids, vecs)
+                users += len(chunk.user_ids)
+                tokens += int(counts.sum())
+                ctx.progress(min(0.99, chunk.consumed_bytes / total_bytes), f"{users} users, {tokens} tokens")
+                if d.fault_slow_chunk_ms:
+                    time.sleep(d.fault_slow_chunk_ms / 1000)
+            if pending is not None:
+                settle(pending)
         if users == 0:
             raise JobFailure("NOT_EXIST_FILE", f"{bucket}/{path} holds no user")
         self._check_duplicates(dup, prefix)

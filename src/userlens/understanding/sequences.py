@@ -127,7 +127,7 @@ def parse_line(key: str, lineno: int, raw: bytes) -> tuple[str, str] | None:
         raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: empty user_id")
     if len(user_id) > MAX_USER_ID_LENGTH:
         raise JobFailure("LIMIT_ERROR_MID_LENGTH", f"{key} line {lineno}: user_id of {len(user_id)} characters (maximum {MAX_USER_ID_LENGTH})")
-    if not any(b.strip() for b in sequence.split("->")):
+    if not sequence.replace("->", "").strip():  # no behaviour with any text (C-level check)
         raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: user {user_id!r} has no behaviour")
     return user_id, sequence
 
