@@ -65,13 +65,13 @@ class ProfileAccess:
         return Resolved(g.xid, g.members, policy)
 
     def profile(self, sandbox_id: str, r: Resolved, fields: list[str] | None = None) -> dict | None:
-        datasets = self.store.datasets(sandbox_id)
-        enabled = {d for d, ds in datasets.items() if ds.profile_enabled}
+        flags = self.store.dataset_flags(sandbox_id)
+        enabled = {d for d, (on, _) in flags.items() if on}
         frags = [f for f in self.store.fragments(sandbox_id, r.pkeys) if f.dataset_id in enabled]
         events = [e for e in self.store.event_summary(sandbox_id, r.pkeys) if e[0] in enabled]
         if not frags and not events:
             return None
-        attrs = merge_fragments(frags, r.policy, {d for d in enabled if datasets[d].upsert})
+        attrs = merge_fragments(frags, r.policy, {d for d in enabled if flags[d][1]})
         seen: dict[str, dict] = {}
         for ids in [f.identities for f in frags] + [json.loads(e[2]) for e in events]:
             for ns, value, primary in ids:

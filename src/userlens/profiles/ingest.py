@@ -11,10 +11,13 @@ through ``ObjectStore.open_write``: nothing is held whole in memory, and a file 
 
 The job reads every file in chunks of ``chunk_rows`` rows (JSON lines, one JSON array per line as
 aepp sends, multi-line JSON, CSV, Parquet record batches), applies the row rules of ``xdm.check_row``
-with 1-based row numbers per file, writes the accepted rows of each chunk as one Parquet part under an
-attempt-unique folder ``aep/{org}/{sandbox}/lake/{dataset}/{batch}/{attempt}/`` (Parquet input keeps
-its own Arrow schema: rows are filtered, never converted), and, for Profile-enabled datasets, inserts
-them into the profile store tagged with the attempt. Publication makes all of it visible at once.
+with 1-based row numbers per file (Parquet record batches of the usual shapes go through the same
+rules column-wise, ``columnar.check_batch``, and fall back to the row path otherwise), writes the
+accepted rows of each chunk as one Parquet part under an attempt-unique folder
+``aep/{org}/{sandbox}/lake/{dataset}/{batch}/{attempt}/`` (Parquet input keeps its own Arrow schema:
+rows are filtered, never converted), and, for Profile-enabled datasets, inserts them into the profile
+store tagged with the attempt (bulk inserts on a background thread, at most two chunks behind:
+``_Loader``). Publication makes all of it visible at once.
 
 Failure threshold: the batch fails whole when at least ``failure_threshold_pct`` percent of its rows
 are rejected (default 10 %, the Identity Service's documented batch failure rate; a batch created with
@@ -30,6 +33,8 @@ import json
 import logging
 import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -43,6 +48,7 @@ from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, 
 from userlens.jobs.models import JobStatus
 from userlens.orgs.service import Tenant
 from userlens.profiles.catalog import new_ulid, now_ms
+from userlens.profiles.columnar import Unsupported, check_batch
 from userlens.profiles.models import Batch, BatchFile, Dataset
 from userlens.profiles.store import ProfileStore, UnionFind, ikeys_of
 from userlens.profiles.xdm import Accepted, check_row, dumps
@@ -191,7 +197,7 @@ def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: 
             except (pa.ArrowInvalid, OSError) as exc:
                 raise JobFailure("INGEST-1290-400", f"file '{key.rsplit('/', 1)[-1]}' is not a readable Parquet file: {exc}") from exc
             for rb in pf.iter_batches(batch_size=chunk_rows):
-                yield Chunk(rb.to_pylist(), [None] * rb.num_rows, rb)
+                yield Chunk(None, None, rb)  # rows are made only if the column-wise rules cannot apply
         return
     with store.open_read(bucket, key) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
@@ -245,6 +251,32 @@ def _lake_table(chunk: Chunk, mask: list[bool], accepted_rows: list[dict], accep
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
         # Rows whose fields change type from row to row: keep each row whole as JSON text.
         return pa.table({"_id": [r.get("_id") if isinstance(r.get("_id"), str) else None for r in accepted_rows], "xdm_json": [a.doc for a in accepted]})
+
+
+class _Loader:
+    """Runs the profile-store inserts of a job on one background thread, at most two chunks behind
+    the reader, so validating and writing the lake overlap with the database's work (SQLite and
+    psycopg release the GIL while they work). Errors surface at the next submit or at wait()."""
+
+    def __init__(self, depth: int = 2):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aep-load")
+        self.pending: deque = deque()
+        self.depth = depth
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args, **kwargs))
+
+    def wait(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Waits for what is running (an abort must not race a running insert), drops the rest."""
+        for fut in self.pending:
+            fut.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class IngestService:
@@ -400,6 +432,13 @@ class IngestService:
             b.errors = [{"code": job.fail_message or "COMMON_ERROR", "description": job.fail_detail or ""}]
         s.execute(update(Dataset).where(Dataset.id == b.dataset_id, Dataset.last_batch_id == b.id).values(last_batch_status=b.status, updated_ms=ms))
 
+    def _write_part(self, b: Batch, attempt: str, parts: list[dict], table: pa.Table, records: int) -> None:
+        name = f"part-{len(parts):05d}.parquet"
+        key = f"{lake_root(b)}/{attempt}/{name}"
+        with self.store.open_write(self.bucket, key) as out:
+            pq.write_table(table, out, compression="zstd")
+        parts.append({"name": name, "key": key, "records": records})
+
     def run_job(self, ctx: JobContext) -> Outcome:
         batch_id = ctx.payload["batch_id"]
         with self.db.session() as s:
@@ -432,44 +471,70 @@ class IngestService:
         parts: list[dict] = []
         total = ok = 0
         ingest_ms = now_ms()
-        for f in files:
-            row_no = 0
-            try:
-                for chunk in read_chunks(self.store, self.bucket, f.key, fmt, multiline, self.chunk_rows):
-                    ctx.check()
-                    accepted: list[Accepted] = []
-                    accepted_rows: list[dict] = []
-                    mask: list[bool] = []
-                    for row, size in zip(chunk.rows, chunk.sizes):
-                        row_no += 1
-                        res = check_row(row, ds.behaviour, ingest_ms, size)
-                        if isinstance(res, Accepted):
-                            accepted.append(res)
-                            accepted_rows.append(row)
-                            mask.append(True)
+        loader = _Loader()
+        try:
+            for f in files:
+                row_no = 0
+                try:
+                    for chunk in read_chunks(self.store, self.bucket, f.key, fmt, multiline, self.chunk_rows):
+                        ctx.check()
+                        fast = None
+                        if chunk.arrow is not None:
+                            try:
+                                fast = check_batch(chunk.arrow, ds.behaviour, ingest_ms)
+                            except Unsupported as exc:
+                                log.info("batch %s: row-by-row rules (%s)", batch_id, exc)
+                                chunk.rows, chunk.sizes = chunk.arrow.to_pylist(), [None] * chunk.arrow.num_rows
+                        if fast is not None:
+                            n_rows = chunk.arrow.num_rows
+                            for i, err in fast.errors:
+                                errors.add(err, f.path, row_no + i + 1)
+                            row_no += n_rows
+                            total += n_rows
+                            n_ok = len(fast.pkeys)
+                            if not n_ok:
+                                continue
+                            ok += n_ok
+                            table = pa.Table.from_batches([chunk.arrow.filter(pa.array(fast.mask, pa.bool_()))]) if fast.errors else pa.Table.from_batches([chunk.arrow])
+                            self._write_part(b, attempt, parts, table, n_ok)
+                            if to_store:
+                                loader.submit(self.profiles.insert_columns, b.sandbox_id, b.dataset_id, batch_id, attempt, ds.behaviour, ingest_ms, pkeys=fast.pkeys, identities=fast.identities, docs=fast.docs, event_ids=fast.event_ids, ts_ms=fast.ts_ms)
+                                for k in fast.keys:
+                                    uf.find(k)
+                                for a, k in fast.pairs:
+                                    uf.union(a, k)
                         else:
-                            errors.add(res, f.path, row_no)
-                            mask.append(False)
-                    total += len(chunk.rows)
-                    if not accepted:
-                        continue
-                    ok += len(accepted)
-                    name = f"part-{len(parts):05d}.parquet"
-                    key = f"{lake_root(b)}/{attempt}/{name}"
-                    table = _lake_table(chunk, mask, accepted_rows, accepted)
-                    with self.store.open_write(self.bucket, key) as out:
-                        pq.write_table(table, out, compression="zstd")
-                    parts.append({"name": name, "key": key, "records": len(accepted)})
-                    if to_store:
-                        self.profiles.insert_rows(b.sandbox_id, b.dataset_id, batch_id, attempt, ds.behaviour, accepted, ingest_ms)
-                        for a in accepted:
-                            uf.add_row(ikeys_of(a.identities))
-                    ctx.progress(min(0.95, (done_bytes + f.size * 0.5) / total_bytes), f"{total} rows read, {errors.count} rejected")
-            except ObjectStoreError as exc:
-                raise TransientJobError("INGEST-1503-503", f"reading or writing files: {exc}") from exc
-            except FileNotFoundError as exc:
-                raise JobFailure("INGEST-1290-400", f"uploaded file '{f.path}' is missing") from exc
-            done_bytes += f.size
+                            accepted: list[Accepted] = []
+                            accepted_rows: list[dict] = []
+                            mask: list[bool] = []
+                            for row, size in zip(chunk.rows, chunk.sizes):
+                                row_no += 1
+                                res = check_row(row, ds.behaviour, ingest_ms, size)
+                                if isinstance(res, Accepted):
+                                    accepted.append(res)
+                                    accepted_rows.append(row)
+                                    mask.append(True)
+                                else:
+                                    errors.add(res, f.path, row_no)
+                                    mask.append(False)
+                            total += len(chunk.rows)
+                            if not accepted:
+                                continue
+                            ok += len(accepted)
+                            self._write_part(b, attempt, parts, _lake_table(chunk, mask, accepted_rows, accepted), len(accepted))
+                            if to_store:
+                                loader.submit(self.profiles.insert_rows, b.sandbox_id, b.dataset_id, batch_id, attempt, ds.behaviour, accepted, ingest_ms)
+                                for a in accepted:
+                                    uf.add_row(ikeys_of(a.identities))
+                        ctx.progress(min(0.95, (done_bytes + f.size * 0.5) / total_bytes), f"{total} rows read, {errors.count} rejected")
+                except ObjectStoreError as exc:
+                    raise TransientJobError("INGEST-1503-503", f"reading or writing files: {exc}") from exc
+                except FileNotFoundError as exc:
+                    raise JobFailure("INGEST-1290-400", f"uploaded file '{f.path}' is missing") from exc
+                done_bytes += f.size
+            loader.wait()
+        finally:
+            loader.close()
         failed = errors.count
         if total == 0:
             raise JobFailure("INGEST-1290-400", "the batch's files hold no rows")

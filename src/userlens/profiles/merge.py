@@ -14,6 +14,7 @@ timestamp-ordered attributes of the requested identity only (``BUILTIN``).
 from __future__ import annotations
 
 import copy
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy import func, select, update
 
 from userlens.errors import DomainError, InvalidParameter, NotFound
 from userlens.profiles.models import Dataset, MergePolicy
+from userlens.profiles.store import read_session
 from userlens.profiles.xdm import PROFILE_SCHEMA_NAME
 from userlens.storage.db import Database
 
@@ -82,9 +84,30 @@ class MergePolicyError(DomainError):
     name = "INVALID_PARAMETER"
 
 
+POLICY_CACHE_SECONDS = 5.0
+
+
+def _clears_cache(method):
+    """Writes drop the resolve() cache once they returned (committed) or failed."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._cache.clear()
+
+    return wrapper
+
+
 class MergePolicyService:
+    """Merge policy CRUD. `resolve` (the policy of a profile read) is cached for
+    POLICY_CACHE_SECONDS per (sandbox, policy id); writes through this service clear the cache, so
+    only another process's change can take up to that long to be seen by this one."""
+
     def __init__(self, db: Database):
         self.db = db
+        self._cache: dict[tuple[str, str | None], tuple[float, Policy]] = {}
 
     # -- validation ------------------------------------------------------------------------------
     def _validate(self, s, sandbox_id: str, body: dict) -> dict:
@@ -125,6 +148,7 @@ class MergePolicyService:
             s.execute(update(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id, MergePolicy.id != mp.id, MergePolicy.is_active_on_edge.is_(True)).values(is_active_on_edge=False))
 
     # -- CRUD --------------------------------------------------------------------------------------
+    @_clears_cache
     def create(self, org_id: str, sandbox_id: str, body: dict) -> MergePolicy:
         with self.db.session() as s:
             fields = self._validate(s, sandbox_id, body)
@@ -139,14 +163,14 @@ class MergePolicyService:
             return mp
 
     def get(self, sandbox_id: str, policy_id: str) -> MergePolicy:
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             mp = s.execute(select(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id, MergePolicy.id == policy_id)).scalar_one_or_none()
             if mp is None:
                 raise NotFound(f"Merge policy '{policy_id}' not found")
             return mp
 
     def default(self, sandbox_id: str) -> MergePolicy | None:
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             return s.execute(select(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id, MergePolicy.is_default.is_(True))).scalar_one_or_none()
 
     def list(self, sandbox_id: str, *, start: int, limit: int, order_by: str, filters: dict) -> tuple[int, list[MergePolicy]]:
@@ -168,6 +192,7 @@ class MergePolicyService:
             q = q.order_by(col.desc() if desc else col, MergePolicy.id).offset(start).limit(limit)
             return total, list(s.execute(q).scalars())
 
+    @_clears_cache
     def replace(self, sandbox_id: str, policy_id: str, body: dict) -> MergePolicy:
         with self.db.session() as s:
             mp = s.execute(select(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id, MergePolicy.id == policy_id).with_for_update()).scalar_one_or_none()
@@ -197,6 +222,7 @@ class MergePolicyService:
             node[target[-1]] = op.get("value")
         return self.replace(sandbox_id, policy_id, body)
 
+    @_clears_cache
     def delete(self, sandbox_id: str, policy_id: str) -> None:
         with self.db.session() as s:
             mp = s.execute(select(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id, MergePolicy.id == policy_id)).scalar_one_or_none()
@@ -213,10 +239,20 @@ class MergePolicyService:
 
     def resolve(self, sandbox_id: str, policy_id: str | None) -> Policy:
         """The policy a read uses: the given one, else the sandbox default, else the built-in fallback."""
+        key = (sandbox_id, policy_id or None)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < POLICY_CACHE_SECONDS:
+            return hit[1]
         if policy_id:
-            return as_policy(self.get(sandbox_id, policy_id))
-        mp = self.default(sandbox_id)
-        return as_policy(mp) if mp else BUILTIN
+            policy = as_policy(self.get(sandbox_id, policy_id))
+        else:
+            mp = self.default(sandbox_id)
+            policy = as_policy(mp) if mp else BUILTIN
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[key] = (now, policy)
+        return policy
 
 
 def policy_body(mp: MergePolicy, sandbox: dict | None = None) -> dict:

@@ -30,8 +30,14 @@ attempt; readers only see rows whose batch is ``success`` and whose attempt is t
 to ``success`` and applies the graph in the transaction that completes the job, so a batch becomes
 visible whole or not at all; rows of failed or lost attempts are removed (and are invisible anyway).
 
+*Bulk loads.* The ingest job hands the store whole chunks, column-wise (``insert_columns``): COPY on
+PostgreSQL (events through a temporary table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``),
+one raw ``executemany`` of tuples per chunk on SQLite; identity rows likewise. No ORM objects.
+
 *Reads.* Look-up by identity = 3 indexed queries (identity -> XID -> members -> visible fragments by
-``(sandbox_id, pkey)``); events are paged with the ``(sandbox_id, pkey, ts_ms)`` index.
+``(sandbox_id, pkey)``) plus the event summary and the dataset flags, all in one session
+(``shared_read``) and as plain SQL through the DBAPI connection; events are paged with the
+``(sandbox_id, pkey, ts_ms)`` index.
 *Scans* (segment evaluation, export over all profiles): stream ``aep_identities`` ordered by XID
 joined with the fragments on ``pkey`` (server-side cursor, ``yield_per``) and merge one graph at a
 time; rows are grouped so memory is bounded by the largest graph, not by the sandbox.
@@ -40,6 +46,8 @@ time; rows are grouped so memory is bounded by the largest graph, not by the san
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -51,6 +59,35 @@ from userlens.profiles.xdm import MAX_GRAPH_IDENTITIES, Accepted, native_xid
 from userlens.storage.db import Database
 
 IN_CHUNK = 500  # bound of IN (...) lists
+SQLITE_CACHE_KIB = 131072  # page cache of a connection that bulk-loads fragments (SQLite)
+
+# A read request (profile look-up) runs all its queries in one session: `shared_read` opens it and
+# `read_session` hands it to the store and merge-policy reads made meanwhile on this thread/task.
+_READ_SESSION: ContextVar[Session | None] = ContextVar("aep_read_session", default=None)
+
+
+@contextmanager
+def shared_read(db: Database) -> Iterator[Session]:
+    s = _READ_SESSION.get()
+    if s is not None:
+        yield s
+        return
+    with db.session() as s:
+        token = _READ_SESSION.set(s)
+        try:
+            yield s
+        finally:
+            _READ_SESSION.reset(token)
+
+
+@contextmanager
+def read_session(db: Database) -> Iterator[Session]:
+    s = _READ_SESSION.get()
+    if s is not None:
+        yield s
+        return
+    with db.session() as s:
+        yield s
 
 
 class GraphTooLarge(Exception):
@@ -148,19 +185,65 @@ class ProfileStore:
     def insert_rows(self, sandbox_id: str, dataset_id: str, batch_id: str, attempt: str, behaviour: str, rows: list[Accepted], ingest_ms: int) -> None:
         if not rows:
             return
-        with self.db.session() as s:
-            if behaviour == "time-series":
-                values = [
-                    {"sandbox_id": sandbox_id, "dataset_id": dataset_id, "batch_id": batch_id, "attempt": attempt, "event_id": r.event_id, "pkey": r.pkey, "identities": json.dumps(r.identities), "ts_ms": r.ts_ms, "doc": r.doc, "ingest_ms": ingest_ms}
-                    for r in rows
-                ]
-                s.execute(self._insert_ignore(s, ProfileEvent), values)
-            else:
-                values = [
-                    {"sandbox_id": sandbox_id, "dataset_id": dataset_id, "batch_id": batch_id, "attempt": attempt, "pkey": r.pkey, "identities": json.dumps(r.identities), "doc": r.doc, "ingest_ms": ingest_ms}
-                    for r in rows
-                ]
-                s.execute(ProfileFragment.__table__.insert(), values)
+        event = behaviour == "time-series"
+        self.insert_columns(
+            sandbox_id, dataset_id, batch_id, attempt, behaviour, ingest_ms,
+            pkeys=[r.pkey for r in rows], identities=[json.dumps(r.identities) for r in rows], docs=[r.doc for r in rows],
+            event_ids=[r.event_id for r in rows] if event else None, ts_ms=[r.ts_ms for r in rows] if event else None,
+        )
+
+    def insert_columns(self, sandbox_id: str, dataset_id: str, batch_id: str, attempt: str, behaviour: str, ingest_ms: int, *, pkeys: list[str], identities: list[str], docs: list[str], event_ids: list[str] | None = None, ts_ms: list[int] | None = None) -> None:
+        """Bulk insert of one chunk, column-wise, through the raw DBAPI connection in one transaction:
+        PostgreSQL COPY (events through a temporary table, then INSERT ... ON CONFLICT DO NOTHING for
+        the _id de-duplication); SQLite executemany with tuples. No ORM objects, no per-row dicts."""
+        n = len(pkeys)
+        if not n:
+            return
+        event = behaviour == "time-series"
+        const = (sandbox_id, dataset_id, batch_id, attempt)
+        if event:
+            cols = ("sandbox_id", "dataset_id", "batch_id", "attempt", "event_id", "pkey", "identities", "ts_ms", "doc", "ingest_ms")
+            rows = [(*const, e, p, i, t, d, ingest_ms) for e, p, i, t, d in zip(event_ids, pkeys, identities, ts_ms, docs)]
+            table = "aep_events"
+        else:
+            cols = ("sandbox_id", "dataset_id", "batch_id", "attempt", "pkey", "identities", "doc", "ingest_ms")
+            rows = [(*const, p, i, d, ingest_ms) for p, i, d in zip(pkeys, identities, docs)]
+            table = "aep_fragments"
+        collist = ", ".join(cols)
+        if self.db.engine.dialect.name == "postgresql":
+            with self.db.engine.begin() as conn, conn.connection.driver_connection.cursor() as cur:  # commits on exit
+                if event:
+                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS aep_events_load (LIKE aep_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                with cur.copy(f"COPY {'aep_events_load' if event else table} ({collist}) FROM STDIN") as cp:
+                    for r in rows:
+                        cp.write_row(r)
+                if event:
+                    cur.execute(f"INSERT INTO aep_events ({collist}) SELECT {collist} FROM aep_events_load ORDER BY id ON CONFLICT (event_id, dataset_id, sandbox_id) DO NOTHING")
+            return
+        marks = ", ".join("?" * len(cols))
+        tail = " ON CONFLICT (event_id, dataset_id, sandbox_id) DO NOTHING" if event else ""
+        with self.db.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            cur = raw.cursor()
+            try:
+                # A bulk load wants a page cache that holds the indexes' hot pages (the default is
+                # 2 MiB; memory is taken on demand). synchronous=NORMAL for this commit only: in WAL
+                # mode it cannot corrupt the database, and these rows are invisible until the job's
+                # publish transaction (synchronous FULL) commits, which syncs the WAL up to and
+                # including them; so a crash loses nothing that was published.
+                cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+                prev = cur.execute("PRAGMA synchronous").fetchone()[0]
+                cur.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    cur.executemany(f"INSERT INTO {table} ({collist}) VALUES ({marks}){tail}", rows)
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+                finally:
+                    cur.execute(f"PRAGMA synchronous={int(prev)}")
+            finally:
+                cur.close()
 
     @staticmethod
     def _insert_ignore(s: Session, model):
@@ -176,29 +259,51 @@ class ProfileStore:
         comps = [c for c in components if c]
         keys = sorted({k for c in comps for k in c})
         existing: dict[str, str] = {}
-        for chunk in _chunks(keys):
-            existing.update(s.execute(select(Identity.ikey, Identity.xid).where(Identity.sandbox_id == sandbox_id, Identity.ikey.in_(chunk))).all())
+        for chunk in _chunks(keys, 2000):
+            sql = f"SELECT ikey, xid FROM aep_identities WHERE sandbox_id = ? AND ikey IN ({', '.join('?' * len(chunk))})"
+            existing.update(self._rows(s, sql, (sandbox_id, *chunk)))
+        # A component whose identities are all known and already in one graph changes nothing
+        # (the usual case for events of known people): only the others go through the union-find.
+        comps = [c for c in comps if len({existing.get(k) for k in c}) != 1 or c[0] not in existing]
+        if not comps:
+            return
         uf = UnionFind()
         for comp in comps:
             uf.add_row(comp)
             for k in comp:
                 if k in existing:
                     uf.union(comp[0], "\x00" + existing[k])
-        new_rows: list[dict] = []
+        new_rows: list[tuple] = []
         relabel: list[dict] = []
         for members in uf.groups():
             old = sorted({m[1:] for m in members if m.startswith("\x00")})
             fresh = [m for m in members if not m.startswith("\x00") and m not in existing]
             xid = min(old + [native_xid(k) for k in fresh])
             relabel += [{"old": o, "new": xid} for o in old if o != xid]
-            new_rows += [{"sandbox_id": sandbox_id, "ikey": k, "xid": xid} for k in fresh]
+            new_rows += [(sandbox_id, k, xid) for k in fresh]
         if relabel:
             t = Identity.__table__
             from sqlalchemy import bindparam
 
             s.execute(t.update().where(t.c.sandbox_id == sandbox_id, t.c.xid == bindparam("old")).values(xid=bindparam("new")), relabel)
-        for chunk in _chunks(new_rows, 5000):
-            s.execute(Identity.__table__.insert(), chunk)
+        self._insert_identities(s, new_rows)
+
+    @staticmethod
+    def _insert_identities(s: Session, rows: list[tuple]) -> None:
+        """Bulk insert of (sandbox_id, ikey, xid) in the session's transaction (raw DBAPI)."""
+        if not rows:
+            return
+        raw = s.connection().connection.driver_connection
+        if s.bind.dialect.name == "postgresql":
+            with raw.cursor() as cur, cur.copy("COPY aep_identities (sandbox_id, ikey, xid) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+        else:
+            cur = raw.cursor()
+            try:
+                cur.executemany("INSERT INTO aep_identities (sandbox_id, ikey, xid) VALUES (?, ?, ?)", rows)
+            finally:
+                cur.close()
 
     # -- deletion (dataset / event batch) and graph rebuild ------------------------------------------
     def delete_dataset(self, sandbox_id: str, dataset_id: str) -> int:
@@ -228,21 +333,31 @@ class ProfileStore:
         rows = []
         for members in uf.groups():
             xid = min(native_xid(k) for k in members)
-            rows += [{"sandbox_id": sandbox_id, "ikey": k, "xid": xid} for k in members]
-        for chunk in _chunks(rows, 5000):
-            s.execute(Identity.__table__.insert(), chunk)
+            rows += [(sandbox_id, k, xid) for k in members]
+        self._insert_identities(s, rows)
 
     # -- reads ---------------------------------------------------------------------------------------
+    # The look-up path runs plain SQL through the session's DBAPI connection (no statement building,
+    # no ORM rows): a profile look-up is a handful of indexed queries, and at that size SQLAlchemy's
+    # per-statement overhead would be most of the request's time.
+    @staticmethod
+    def _rows(s: Session, sql: str, params: tuple) -> list[tuple]:
+        conn = s.connection()
+        if conn.dialect.name == "postgresql":
+            sql = sql.replace("?", "%s")
+        return conn.exec_driver_sql(sql, params).fetchall()
+
     def graph_of(self, sandbox_id: str, ikey: str | None = None, xid: str | None = None, stitch: bool = True) -> Graph | None:
         """The identities a profile is made of. Raises GraphTooLarge past the 50-identity guardrail."""
-        with self.db.session() as s:
-            if ikey is not None and not stitch:
-                return Graph(native_xid(ikey), [ikey], False)
+        if ikey is not None and not stitch:
+            return Graph(native_xid(ikey), [ikey], False)
+        with read_session(self.db) as s:
             if xid is None:
-                xid = s.execute(select(Identity.xid).where(Identity.sandbox_id == sandbox_id, Identity.ikey == ikey)).scalar_one_or_none()
-                if xid is None:
+                row = self._rows(s, "SELECT xid FROM aep_identities WHERE sandbox_id = ? AND ikey = ?", (sandbox_id, ikey))
+                if not row:
                     return None
-            members = list(s.execute(select(Identity.ikey).where(Identity.sandbox_id == sandbox_id, Identity.xid == xid).limit(MAX_GRAPH_IDENTITIES + 1)).scalars())
+                xid = row[0][0]
+            members = [r[0] for r in self._rows(s, f"SELECT ikey FROM aep_identities WHERE sandbox_id = ? AND xid = ? LIMIT {MAX_GRAPH_IDENTITIES + 1}", (sandbox_id, xid))]
             if not members:
                 return None
             if len(members) > MAX_GRAPH_IDENTITIES:
@@ -251,21 +366,21 @@ class ProfileStore:
             return Graph(xid, sorted(members), True)
 
     def graph_too_large(self, sandbox_id: str, xid: str) -> bool:
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             return s.execute(select(func.count()).select_from(Identity).where(Identity.sandbox_id == sandbox_id, Identity.xid == xid)).scalar_one() > MAX_GRAPH_IDENTITIES
 
     def fragments(self, sandbox_id: str, pkeys: list[str]) -> list[FragmentRow]:
         """Visible record fragments of these primary identities, oldest first."""
         out: list[FragmentRow] = []
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             for chunk in _chunks(pkeys):
-                q = (
-                    select(ProfileFragment.id, ProfileFragment.dataset_id, ProfileFragment.batch_id, ProfileFragment.pkey, ProfileFragment.identities, ProfileFragment.doc, ProfileFragment.ingest_ms)
-                    .join(Batch, _visible(ProfileFragment))
-                    .where(ProfileFragment.sandbox_id == sandbox_id, ProfileFragment.pkey.in_(chunk))
+                sql = (
+                    "SELECT f.id, f.dataset_id, f.batch_id, f.pkey, f.identities, f.doc, f.ingest_ms FROM aep_fragments f"
+                    " JOIN aep_batches b ON b.id = f.batch_id AND b.store_attempt = f.attempt AND b.status = 'success'"
+                    f" WHERE f.sandbox_id = ? AND f.pkey IN ({', '.join('?' * len(chunk))})"
                 )
-                for r in s.execute(q):
-                    out.append(FragmentRow(r.id, r.dataset_id, r.batch_id, r.pkey, json.loads(r.identities), json.loads(r.doc), r.ingest_ms))
+                for r in self._rows(s, sql, (sandbox_id, *chunk)):
+                    out.append(FragmentRow(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6]))
         out.sort(key=lambda f: (f.ingest_ms, f.id))
         return out
 
@@ -273,21 +388,25 @@ class ProfileStore:
         """(dataset_id, batch_id, identities JSON, ingest_ms) of one visible event per dataset and
         primary identity: what a profile's `sources`, `tags` and identities need from its events."""
         out = []
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             for chunk in _chunks(pkeys):
-                q = (
-                    select(ProfileEvent.dataset_id, ProfileEvent.batch_id, ProfileEvent.identities, func.max(ProfileEvent.ingest_ms))
-                    .join(Batch, _visible(ProfileEvent))
-                    .where(ProfileEvent.sandbox_id == sandbox_id, ProfileEvent.pkey.in_(chunk))
-                    .group_by(ProfileEvent.dataset_id, ProfileEvent.batch_id, ProfileEvent.identities)
-                    .limit(1000)
+                sql = (
+                    "SELECT e.dataset_id, e.batch_id, e.identities, MAX(e.ingest_ms) FROM aep_events e"
+                    " JOIN aep_batches b ON b.id = e.batch_id AND b.store_attempt = e.attempt AND b.status = 'success'"
+                    f" WHERE e.sandbox_id = ? AND e.pkey IN ({', '.join('?' * len(chunk))})"
+                    " GROUP BY e.dataset_id, e.batch_id, e.identities LIMIT 1000"
                 )
-                out += [tuple(r) for r in s.execute(q)]
+                out += [tuple(r) for r in self._rows(s, sql, (sandbox_id, *chunk))]
         return out
+
+    def dataset_flags(self, sandbox_id: str) -> dict[str, tuple[bool, bool]]:
+        """{dataset id: (profile enabled, upsert)} of a sandbox."""
+        with read_session(self.db) as s:
+            return {r[0]: (bool(r[1]), bool(r[2])) for r in self._rows(s, "SELECT id, profile_enabled, upsert FROM aep_datasets WHERE sandbox_id = ?", (sandbox_id,))}
 
     def events(self, sandbox_id: str, pkeys: list[str], *, start_ms: int | None, end_ms: int | None, limit: int, descending: bool, start_event: str | None, datasets: set[str] | None = None) -> EventPage:
         E = ProfileEvent
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             base = select(E).join(Batch, _visible(E)).where(E.sandbox_id == sandbox_id, E.pkey.in_(pkeys[: MAX_GRAPH_IDENTITIES]))
             if start_ms is not None:
                 base = base.where(E.ts_ms >= start_ms)
@@ -318,5 +437,5 @@ class ProfileStore:
             }
 
     def datasets(self, sandbox_id: str) -> dict[str, Dataset]:
-        with self.db.session() as s:
+        with read_session(self.db) as s:
             return {d.id: d for d in s.execute(select(Dataset).where(Dataset.sandbox_id == sandbox_id)).scalars()}

@@ -14,6 +14,7 @@ from userlens.api.aep.common import access_error, services, tenant
 from userlens.errors import NotFound
 from userlens.orgs.service import Tenant
 from userlens.profiles.access import TooManyIdentities, rfc3339, select_fields
+from userlens.profiles.store import shared_read
 from userlens.profiles.xdm import EVENT_SCHEMA_NAME, PROFILE_SCHEMA_NAME, native_xid
 
 router = APIRouter(prefix="/data/core/ups/access", tags=["aep: profile access"])
@@ -63,6 +64,11 @@ def _events(request: Request, t: Tenant, r, *, start_ms, end_ms, limit, orderby,
 
 @router.get("/entities", summary="A profile by identity, or a profile's ExperienceEvents")
 def get_entities(request: Request, t: Tenant = Depends(tenant)):
+    with shared_read(services(request).db):  # one session for the whole look-up
+        return _get_entities(request, t)
+
+
+def _get_entities(request: Request, t: Tenant):
     q = request.query_params
     schema = q.get("schema.name")
     fields = [f for f in q.get("fields", "").split(",") if f] or None
@@ -71,7 +77,7 @@ def get_entities(request: Request, t: Tenant = Depends(tenant)):
         body = services(request).profile_access.profile(t.sandbox_id, r, fields) if r else None
         if body is None:
             raise access_error(404, f"The entity {q.get('entityId')} is not found.")
-        return {r.xid: body}
+        return JSONResponse({r.xid: body})  # JSON-native already: skip jsonable_encoder
     if schema == EVENT_SCHEMA_NAME:
         if q.get("relatedSchema.name", PROFILE_SCHEMA_NAME) != PROFILE_SCHEMA_NAME:
             raise access_error(400, f"relatedSchema.name must be {PROFILE_SCHEMA_NAME}")
@@ -108,6 +114,11 @@ async def post_entities(request: Request, t: Tenant = Depends(tenant)):
 
 
 def _post(request, t, body, schema, ids, fields, policy_id):
+    with shared_read(services(request).db):  # one session for every identity of the request
+        return _post_in_session(request, t, body, schema, ids, fields, policy_id)
+
+
+def _post_in_session(request, t, body, schema, ids, fields, policy_id):
     out: dict = {}
     failed = False
     access = services(request).profile_access
