@@ -10,6 +10,7 @@ from userlens.accounts.service import AccountService, load_master_key
 from userlens.config import Settings
 from userlens.jobs.engine import JobQueue, JobRegistry
 from userlens.jobs.worker import Worker
+from userlens.profiles.wiring import build_aep
 from userlens.storage.db import Database
 from userlens.storage.objectstore import ObjectStore, make_object_store
 from userlens.understanding.custom_attributes import CustomAttributesService
@@ -31,18 +32,13 @@ class Services:
     tasks: TaskService
     runs: RunService
     custom_attributes: CustomAttributesService
-    # AEP (profiles/wiring.py): built in __post_init__ from db/store/queue/registry above.
+    # AEP (built by profiles/wiring.py)
     orgs: object = None
     catalog: object = None
     ingest: object = None
     merge_policies: object = None
     profile_store: object = None
     profile_access: object = None
-
-    def __post_init__(self) -> None:
-        from userlens.profiles.wiring import build_aep
-
-        build_aep(self)
 
     def make_worker(self, threads: int | None = None) -> Worker:
         return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval)
@@ -76,4 +72,5 @@ def build_services(settings: Settings) -> Services:
     custom_attributes = CustomAttributesService(nclue, features)
     for service in (features, tasks, runs, custom_attributes):
         service.register_jobs(registry)
-    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes)
+    aep = build_aep(db, store, queue, registry, settings.internal_bucket)
+    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes, **aep)

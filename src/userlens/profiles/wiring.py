@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def build_aep(svc) -> None:
+def build_aep(db, store, queue, registry, internal_bucket: str) -> dict:
+    """The AEP services by their `Services` field names; registers the ingestion job kind."""
     from userlens.orgs.service import OrgService
     from userlens.profiles.access import ProfileAccess
     from userlens.profiles.catalog import CatalogService
@@ -11,10 +12,15 @@ def build_aep(svc) -> None:
     from userlens.profiles.merge import MergePolicyService
     from userlens.profiles.store import ProfileStore
 
-    svc.orgs = OrgService(svc.db)
-    svc.catalog = CatalogService(svc.db)
-    svc.profile_store = ProfileStore(svc.db)
-    svc.merge_policies = MergePolicyService(svc.db)
-    svc.profile_access = ProfileAccess(svc.profile_store, svc.merge_policies)
-    svc.ingest = IngestService(svc.db, svc.store, svc.queue, svc.settings.internal_bucket, svc.profile_store)
-    svc.ingest.register_jobs(svc.registry)
+    profile_store = ProfileStore(db)
+    merge_policies = MergePolicyService(db)
+    ingest = IngestService(db, store, queue, internal_bucket, profile_store)
+    ingest.register_jobs(registry)
+    return {
+        "orgs": OrgService(db),
+        "catalog": CatalogService(db),
+        "profile_store": profile_store,
+        "merge_policies": merge_policies,
+        "profile_access": ProfileAccess(profile_store, merge_policies),
+        "ingest": ingest,
+    }
