@@ -5,21 +5,41 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from userlens.jobs.models import Job
 from userlens.storage.db import Base, UTCDateTime, utcnow
 
 
-class Feature(Base):
+class NclueResource:
+    """Columns every NCLUE resource has: a name unique in its account and the job that makes it."""
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[str]:
+        return mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+
+    @declared_attr
+    def job_id(cls) -> Mapped[str]:
+        return mapped_column(ForeignKey("jobs.id"), unique=True)
+
+    @declared_attr
+    def job(cls) -> Mapped[Job]:
+        return relationship(Job, lazy="joined", innerjoin=True)
+
+    @declared_attr.directive
+    def __table_args__(cls):
+        return (UniqueConstraint("account_id", "name", name=f"uq_{cls.__tablename__}_account_name"),)
+
+
+class Feature(NclueResource, Base):
     """A Feature set: one vector per user of a sequence dataset, made by one model version."""
 
     __tablename__ = "features"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(100))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     source_bucket: Mapped[str] = mapped_column(String(63))
     source_file_path: Mapped[str] = mapped_column(String(1024))
     model_name: Mapped[str] = mapped_column(String(64))
@@ -29,22 +49,13 @@ class Feature(Base):
     disk_usage: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Folder (in the internal bucket) of the published vectors: set only when the job completes.
     vectors_prefix: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
-
-    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_features_account_name"),)
 
 
-class Task(Base):
+class Task(NclueResource, Base):
     """A Task model: a binary classifier trained on a Feature's vectors and 0/1 answers."""
 
     __tablename__ = "tasks"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(100))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     # Inputs are referenced by id and name as they were at creation: a Feature may be deleted
     # once the Task is done with it, and the Task keeps reporting where it came from.
     train_feature_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -60,22 +71,13 @@ class Task(Base):
     performance: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     # The published classifier (in the internal bucket): set only when the job completes.
     artifact_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
-
-    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_tasks_account_name"),)
 
 
-class TaskRun(Base):
+class TaskRun(NclueResource, Base):
     """A Run: every user of a Feature scored by a Task, written as a TSV to the customer's bucket."""
 
     __tablename__ = "task_runs"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(100))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     task_id: Mapped[str] = mapped_column(String(36), index=True)
     task_name: Mapped[str] = mapped_column(String(100))
     feature_id: Mapped[str] = mapped_column(String(36), index=True)
@@ -83,33 +85,19 @@ class TaskRun(Base):
     result_bucket: Mapped[str] = mapped_column(String(63))
     result_file_path: Mapped[str] = mapped_column(String(1024), doc="The final object key (naming rule applied).")
     line_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
-
-    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_task_runs_account_name"),)
 
 
-class CustomAttributes(Base):
+class CustomAttributes(NclueResource, Base):
     """A Custom Attributes profile: every user of a Feature scored against keywords (AND)."""
 
     __tablename__ = "custom_attributes"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(100))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
     feature_id: Mapped[str] = mapped_column(String(36), index=True)
     feature_name: Mapped[str] = mapped_column(String(100))
     keywords: Mapped[list] = mapped_column(JSON)
     result_bucket: Mapped[str] = mapped_column(String(63))
     result_file_path: Mapped[str] = mapped_column(String(1024))
     line_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    job: Mapped[Job] = relationship(lazy="joined", innerjoin=True)
-
-    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_custom_attributes_account_name"),)
 
 
 # Resources whose data counts against the account's internal storage quota (disk_usage).
