@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import pytest
+from infra.jobs import drain_jobs
 from infra.backends import (  # noqa: F401 - fixtures are found by their names
     Backend,
     backend_params,
@@ -82,23 +83,7 @@ class NclueEnv:
         self.store.write_bytes(self.bucket, key, data.encode() if isinstance(data, str) else data)
 
     def run_jobs(self, timeout: float = 60.0) -> int:
-        """Runs queued jobs in this thread until none is left (bounded in time)."""
-        import time
-
-        worker = self.svc.make_worker(1)
-        n = 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if worker.run_one():
-                n += 1
-                continue
-            # retries wait for their backoff: keep going while a job is still active
-            with self.svc.db.session() as s:
-                active = self.svc.queue.active_count(s)
-            if not active:
-                return n
-            time.sleep(0.02)
-        raise TimeoutError("jobs still active")
+        return drain_jobs(self.svc, timeout)
 
     def job_of(self, feature_id: str):
         from userlens.understanding.models import Feature

@@ -4,13 +4,13 @@ the gateway headers."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
 from userlens.config import Settings
+from infra.jobs import drain_jobs
 
 PROFILE = "https://ns.adobe.com/xdm/context/profile"
 EVENT = "https://ns.adobe.com/xdm/context/experienceevent"
@@ -74,18 +74,7 @@ class AepEnv:
     client: AepClient
 
     def run_jobs(self, timeout: float = 60.0) -> int:
-        worker = self.svc.make_worker(1)
-        n = 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if worker.run_one():
-                n += 1
-                continue
-            with self.svc.db.session() as s:
-                if not self.svc.queue.active_count(s):
-                    return n
-            time.sleep(0.02)
-        raise TimeoutError("jobs still active")
+        return drain_jobs(self.svc, timeout)
 
     def new_org(self, name=None) -> AepClient:
         creds = self.svc.orgs.create_org(name or f"org-{uuid.uuid4().hex[:8]}")
