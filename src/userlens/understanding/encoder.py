@@ -44,8 +44,8 @@ seed-dependent, D=1024 matches or beats it (over 8 hash seeds: gender 0.770 (0.7
 0.764, age<30 0.857 (0.851-0.862) vs 0.852). S in 1..8 makes no significant difference to
 quality (S sets the tail of the distortion, not its variance); S=4 keeps the projection cost low.
 Token weights 0.3-0.7 are equivalent; 0.5 keeps words useful for keyword scoring. ``sqrt`` tf is
-~0.01 AUC better than raw counts and equal to ``1+ln c``. Stored as float16 the vectors take
-2 KiB per user.
+~0.01 AUC better than raw counts and equal to ``1+ln c``. Stored quantised to int8 with a per-user
+scale (vectors.py), the vectors take ~1 KiB per user.
 
 Performance: ``encode`` is vectorised. Each distinct behaviour string is tokenised and hashed once
 and cached (per thread, bounded: the cache is dropped beyond ``cache_size`` = 500,000 behaviours);

@@ -150,8 +150,8 @@ class FeatureService(ResourceService):
         # Exact check of the few ids whose 64-bit hashes collide.
         wanted = set(int(h) for h in candidates)
         seen: set[str] = set()
-        for ids, _ in vectors.iter_vectors(self.deps.store, self.deps.internal_bucket, prefix, columns=("user_id",)):
-            for u in ids:
+        for block in vectors.iter_blocks(self.deps.store, self.deps.internal_bucket, prefix, with_vectors=False):
+            for u in block.user_ids:
                 if sequences.DuplicateDetector.hash_of(u) in wanted:
                     if u in seen:
                         raise JobFailure("DUPLICATE_USERID", f"user_id {u!r} appears more than once")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable
 
 import numpy as np
@@ -37,6 +38,12 @@ def safe_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_START) else value
 
 
+def _write_lines(f, ids: list[str], scores: np.ndarray) -> None:
+    if any(u.startswith(FORMULA_START) for u in ids):
+        ids = [safe_cell(u) for u in ids]
+    f.write("".join([f"{u}\t{s:.6f}\n" for u, s in zip(ids, scores.tolist())]).encode("utf-8"))
+
+
 def write_scores_tsv(
     store: ObjectStore,
     bucket: str,
@@ -50,14 +57,21 @@ def write_scores_tsv(
     try:
         if not store.bucket_exists(bucket):
             raise JobFailure("OBS_UPLOAD_FAILED", f"result bucket {bucket!r} does not exist")
-        with store.open_write(bucket, key) as f:
+        # Batch i is formatted and written on a second thread while batch i+1 is computed (the
+        # caller's NumPy work releases the GIL); at most one batch waits, so memory stays bounded.
+        with store.open_write(bucket, key) as f, ThreadPoolExecutor(1, thread_name_prefix="tsv-writer") as writer:
             f.write(("\t".join(header) + "\n").encode())
+            pending: Future | None = None
             for ids, scores in batches:
-                text = "".join(f"{safe_cell(u)}\t{s:.6f}\n" for u, s in zip(ids, scores.tolist()))
-                f.write(text.encode("utf-8"))
+                future = writer.submit(_write_lines, f, ids, scores)
+                if pending is not None:
+                    pending.result()
+                pending = future
                 lines += len(ids)
                 if on_batch:
                     on_batch(lines)
+            if pending is not None:
+                pending.result()
     except FileNotFoundError as exc:
         raise JobFailure("OBS_UPLOAD_FAILED", f"result bucket {bucket!r} does not exist") from exc
     except ObjectStoreError as exc:

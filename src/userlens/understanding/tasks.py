@@ -111,14 +111,15 @@ class TaskService(ResourceService):
         rows: list[np.ndarray] = []
         ys: list[int] = []
         seen: set[str] = set()
-        for ids, mat in vectors.iter_vectors(self.deps.store, self.deps.internal_bucket, feature.vectors_prefix):
+        for block in vectors.iter_blocks(self.deps.store, self.deps.internal_bucket, feature.vectors_prefix):
             ctx.check()
+            ids = block.user_ids
             pick = [i for i, u in enumerate(ids) if u in labels and u not in seen]
             for i in pick:
                 seen.add(ids[i])
                 ys.append(labels[ids[i]])
             if pick:
-                rows.append(mat[pick])
+                rows.append(block.matrix(pick))  # only the labelled users' vectors are decoded
         X = np.concatenate(rows) if rows else np.empty((0, feature.dim or 1), dtype=np.float32)
         return X, np.asarray(ys, dtype=np.int64)
 

@@ -1,0 +1,82 @@
+"""The stored vector format (int8 + per-user scale), the legacy float16 read path, row-selective
+decoding, and the classifier's folded standardisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from userlens.storage.objectstore import LocalObjectStore
+from userlens.understanding import classifier, vectors
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = LocalObjectStore(tmp_path)
+    s.create_bucket("internal")
+    return s
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    v[3] = 0.0  # an empty user is all zeros
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(norms > 0, norms, 1)
+
+
+def test_round_trip_keeps_every_user_and_the_direction(store):
+    v = unit_rows(1000, 256)
+    ids = [f"u{i}" for i in range(1000)]
+    size = vectors.write_part(store, "internal", "f/part-00000.parquet", ids, v)
+    assert size < 1000 * (256 + 4 + 16)  # about one byte per dimension
+    blocks = list(vectors.iter_blocks(store, "internal", "f"))
+    got_ids = [u for b in blocks for u in b.user_ids]
+    got = np.concatenate([b.matrix() for b in blocks])
+    assert got_ids == ids and got.dtype == np.float32
+    assert np.all(got[3] == 0.0)
+    keep = np.arange(1000) != 3
+    cos = np.sum(got[keep] * v[keep], axis=1) / np.linalg.norm(got[keep], axis=1)
+    assert cos.min() > 0.9999
+    assert np.abs(got - v).max() <= np.abs(v).max(axis=1).max() / 127 / 2 + 1e-6
+
+
+def test_selected_rows_decode_like_the_whole_block(store):
+    v = unit_rows(300, 64, seed=1)
+    vectors.write_part(store, "internal", "f/part-00000.parquet", [f"u{i}" for i in range(300)], v)
+    block = next(vectors.iter_blocks(store, "internal", "f"))
+    rows = [299, 0, 17, 17]
+    assert np.array_equal(block.matrix(rows), block.matrix()[rows])
+
+
+def test_parts_of_the_earlier_float16_format_are_still_read(store):
+    v = unit_rows(50, 32, seed=2)
+    flat = pa.array(v.astype(np.float16).reshape(-1))
+    table = pa.table({"user_id": [f"u{i}" for i in range(50)], "vector": pa.FixedSizeListArray.from_arrays(flat, 32)})
+    with store.open_write("internal", "old/part-00000.parquet") as f:
+        pq.write_table(table, f)
+    ids, mat = next(vectors.iter_vectors(store, "internal", "old"))
+    assert ids[0] == "u0" and np.array_equal(mat, v.astype(np.float16).astype(np.float32))
+    only_ids = next(vectors.iter_blocks(store, "internal", "old", with_vectors=False))
+    assert only_ids.user_ids == ids and "vector" not in only_ids.table.column_names
+
+
+def test_blocks_come_in_part_order_across_parts(store):
+    for p in range(3):
+        vectors.write_part(store, "internal", f"f/part-{p:05d}.parquet", [f"p{p}u{i}" for i in range(5)], unit_rows(5, 8, seed=p))
+    assert [b.user_ids[0] for b in vectors.iter_blocks(store, "internal", "f")] == ["p0u0", "p1u0", "p2u0"]
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_folded_standardisation_predicts_like_the_textbook_formula(kind):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 16)).astype(np.float32) * rng.uniform(0.1, 3, 16).astype(np.float32) + 2
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 2).astype(int)
+    clf, _ = classifier.train(X, y, (kind,))
+    z = (X - clf.mean) / clf.scale
+    for W, b in clf.layers[:-1]:
+        z = np.maximum(z @ W + b, 0)
+    W, b = clf.layers[-1]
+    expected = 1 / (1 + np.exp(-(z @ W + b).reshape(-1)))
+    assert np.allclose(clf.predict_proba(X), expected, atol=1e-5)
