@@ -130,3 +130,31 @@ def test_config_file_and_environment(tmp_path, monkeypatch):
     assert s.database_url == f"sqlite:///{(tmp_path / 'd' / 'userlens.db').as_posix()}"
     assert s.storage_root == tmp_path / "d" / "buckets"
     assert "**" in str(Settings(s3_secret_key="hunter2").safe_dict()["s3_secret_key"])
+
+
+def test_panel_import_list_delete(backend):
+    """`userlens panel import|list|delete` against the backend's database and object store."""
+    from userlens.samples import panel as synthetic
+
+    env = {**os.environ, **backend.settings_env(), "USERLENS_LOG_LEVEL": "WARNING"}
+    seq, attrs = synthetic.generate(300)
+    backend.store.create_bucket("panel-files")
+    backend.store.write_bytes("panel-files", "p/seq.csv", seq.encode())
+    backend.store.write_bytes("panel-files", "p/attrs.tsv", attrs.encode())
+    backend.store.write_bytes("panel-files", "p/bad.tsv", b"user_id\tgender\n")
+
+    def panel(*args):
+        return subprocess.run([*CLI, "panel", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    files = ["--bucket", "panel-files", "--sequences", "p/seq.csv", "--attributes"]
+    res = panel("import", "--name", "cli-panel", *files, "p/attrs.tsv")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["name"], out["model"], out["user_count"], out["builtin"]) == ("cli-panel", "ul-hash-v1", 300, False)
+    assert out["categories"]["gender"] == 2 and out["categories"]["age_group"] == 6 and out["disk_usage"] > 0
+    bad = panel("import", "--name", "bad", *files, "p/bad.tsv")
+    assert bad.returncode == 1 and "the first line must be the header" in bad.stderr
+    assert panel("list").stdout == f"{out['panel_id']}\tcli-panel\tul-hash-v1\t300 users\tin use\n"  # the bad one left nothing
+    res = panel("delete", out["panel_id"])
+    assert res.returncode == 0 and panel("list").stdout == ""
+    assert panel("delete", out["panel_id"]).returncode == 1

@@ -1,4 +1,4 @@
-"""The `userlens` command: serve | worker | migrate | keys | call."""
+"""The `userlens` command: serve | worker | migrate | keys | orgs | panel | call."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ keys_app = typer.Typer(help="NCLUE access keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 orgs_app = typer.Typer(help="AEP organisations, sandboxes and client credentials.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
+panel_app = typer.Typer(help="Reference panels for NCLUE Shopping Intent profiles.", no_args_is_help=True)
+app.add_typer(panel_app, name="panel")
 log = logging.getLogger("userlens.cli")
 
 
@@ -71,6 +73,7 @@ def serve(
     import uvicorn
 
     from userlens.api.app import create_app
+    from userlens.samples import panel as sample_panel
     from userlens.samples import sequences as sample_sequences
 
     settings = _settings()
@@ -88,6 +91,8 @@ def serve(
         )
     if samples and sample_sequences.install(svc.store):
         typer.echo(f"Sample data written to bucket '{sample_sequences.SAMPLE_BUCKET}': {sample_sequences.SAMPLE_KEY}")
+    if samples and sample_panel.install(svc.store, sample_sequences.SAMPLE_BUCKET):
+        typer.echo(f"Sample reference panel files written to bucket '{sample_sequences.SAMPLE_BUCKET}': {sample_panel.SEQUENCES_KEY}, {sample_panel.ATTRIBUTES_KEY}")
     application = create_app(settings, svc)
     uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None)
 
@@ -153,6 +158,59 @@ def orgs_list() -> None:
     svc = _prepare(_settings())
     for org_id, name, sandboxes in svc.orgs.list_orgs():
         typer.echo(f"{org_id}\t{name}\t{','.join(sandboxes)}")
+
+
+def _panel_json(p) -> dict:
+    return {
+        "panel_id": p.id, "name": p.name, "model": p.model_name, "builtin": p.builtin, "user_count": p.user_count, "dim": p.dim,
+        "categories": {k: len(v) for k, v in p.categories.items()}, "disk_usage": p.disk_usage,
+        "source": f"{p.source_bucket}/{p.sequences_path} + {p.attributes_path}", "created_at": p.created_at.isoformat(timespec="seconds"),
+    }
+
+
+@panel_app.command("import")
+def panel_import(
+    name: str = typer.Option(..., help="Panel name (shown in profiles)."),
+    bucket: str = typer.Option(..., help="Bucket holding both files."),
+    sequences: str = typer.Option(..., help="Sequence file or folder: user_id<TAB>b1->b2->... (the Feature input format)."),
+    attributes: str = typer.Option(..., help="Attribute file: header user_id<TAB>gender<TAB>age_group<TAB>interests, interests separated by '|'."),
+    model: Optional[str] = typer.Option(None, help="Model that encodes the sequences (default: the server default, ul-hash-v1)."),
+) -> None:
+    """Import a reference panel; it becomes the panel of its model for new Shopping Intent profiles."""
+    from userlens.errors import DomainError
+
+    svc = _prepare(_settings())
+    try:
+        panel = svc.panels.import_panel(name, bucket, sequences, attributes, model, progress=lambda n: typer.echo(f"  {n} users encoded", err=True))
+    except DomainError as exc:
+        typer.echo(f"panel import failed: {exc.details}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(_panel_json(panel), indent=2, ensure_ascii=False))
+
+
+@panel_app.command("list")
+def panel_list() -> None:
+    """List reference panels, newest first; the first of each model is the one in use."""
+    svc = _prepare(_settings())
+    in_use: set[str] = set()
+    for p in svc.panels.list():
+        state = "in use" if p.model_name not in in_use else "superseded"
+        in_use.add(p.model_name)
+        typer.echo(f"{p.id}\t{p.name}\t{p.model_name}\t{p.user_count} users\t{state}")
+
+
+@panel_app.command("delete")
+def panel_delete(panel_id: str) -> None:
+    """Delete a reference panel (refused while a profile that reads it has not finished)."""
+    from userlens.errors import DomainError
+
+    svc = _prepare(_settings())
+    try:
+        svc.panels.delete(panel_id)
+    except DomainError as exc:
+        typer.echo(f"panel delete failed: {exc.details}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"deleted {panel_id}")
 
 
 @app.command()

@@ -15,8 +15,10 @@ from userlens.storage.db import Database
 from userlens.storage.objectstore import ObjectStore, make_object_store
 from userlens.understanding.custom_attributes import CustomAttributesService
 from userlens.understanding.features import FeatureService
+from userlens.understanding.panels import PanelService
 from userlens.understanding.resources import NclueDeps
 from userlens.understanding.runs import RunService
+from userlens.understanding.shopping_intents import ShoppingIntentService
 from userlens.understanding.tasks import TaskService
 
 
@@ -32,6 +34,8 @@ class Services:
     tasks: TaskService
     runs: RunService
     custom_attributes: CustomAttributesService
+    panels: PanelService
+    shopping_intents: ShoppingIntentService
     # AEP (built by profiles/wiring.py)
     orgs: object = None
     catalog: object = None
@@ -70,7 +74,9 @@ def build_services(settings: Settings) -> Services:
     tasks = TaskService(nclue, features)
     runs = RunService(nclue, features, tasks)
     custom_attributes = CustomAttributesService(nclue, features)
-    for service in (features, tasks, runs, custom_attributes):
+    panels = PanelService(nclue)
+    shopping_intents = ShoppingIntentService(nclue, tasks, panels)
+    for service in (features, tasks, runs, custom_attributes, shopping_intents):
         service.register_jobs(registry)
     aep = build_aep(db, store, queue, registry, settings.internal_bucket)
-    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes, **aep)
+    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes, panels, shopping_intents, **aep)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from userlens import __version__
 from userlens.api import aep
 from userlens.api.errors import install_error_handlers
-from userlens.api.nclue import features, tasks
+from userlens.api.nclue import features, shopping_intents, tasks
 from userlens.config import Settings
 from userlens.services import Services, build_services
 
@@ -23,9 +23,16 @@ userlens serves two API families on one job engine.
 `x-ncp-iam-access-key`, `x-ncp-apigw-signature-v2`). Errors have the body
 `{"code": <int>, "message": "<NAME>", "details": "<text>"}`: NCLUE's documented codes 10100-10109, and
 userlens's own block 19400 INVALID_PARAMETER (400), 19404 RESOURCE_NOT_FOUND (404), 19409 INVALID_STATUS
-(409), 19410 RESOURCE_IN_USE (409), 19500 COMMON_ERROR (500), 19503 OBS_UNAVAILABLE (503).
+(409), 19410 RESOURCE_IN_USE (409), 19422 MODEL_MISMATCH (422: models differ, or no reference panel for the
+Task's model), 19500 COMMON_ERROR (500), 19503 OBS_UNAVAILABLE (503).
 Lists take `index` (an offset, default 0) and `limit` (1-100, default 20), newest first; `total` counts
 every item. Timestamps are ISO 8601 with offset, in UTC.
+
+**Shopping Intent** profiles score a *reference panel* (people with behaviour sequences, gender, age group
+and shopping interests, imported by the operator with `userlens panel import`; a synthetic panel ships
+with userlens) with a Task. The resembling group is the top 10% of the panel by Task score, each member
+weighted by its score; the result gives, per gender, age group and top-20 interest, the share in the
+group, the share in the panel and the lift (their ratio).
 """
 
 
@@ -69,6 +76,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return {"status": "ok" if ok else "degraded", "version": __version__, "checks": checks}
 
     app.include_router(features.router)
-    for router in (tasks.tasks_router, tasks.runs_router, tasks.custom_attributes_router):
+    for router in (tasks.tasks_router, tasks.runs_router, tasks.custom_attributes_router, shopping_intents.router, shopping_intents.download_router):
         app.include_router(router)
     return app

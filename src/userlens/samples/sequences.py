@@ -65,20 +65,27 @@ def generate(n_users: int = 3000, seed: int = 7) -> tuple[str, dict[str, list[st
         lang = rng.choices(LANGS, weights=(5, 3, 2))[0]
         interests = rng.sample(names, rng.choice((1, 1, 2, 3)))
         truth[user_id] = interests
-        length = rng.randint(8, 40)
-        seq = []
-        for _ in range(length):
-            r = rng.random()
-            if r < 0.7:
-                pool = INTERESTS[rng.choice(interests)]
-                l2 = lang if rng.random() < 0.85 else rng.choice(LANGS)
-                seq.append(rng.choice(pool[l2]))
-            elif r < 0.85:
-                seq.append(rng.choice(COMMON[lang]))
-            else:
-                seq.append(rng.choice(INTERESTS[rng.choice(names)][lang]))
+        seq = behaviours(rng, lang, interests)
         lines.append(f"{user_id}\t{'->'.join(seq)}")
     return "\n".join(lines) + "\n", truth
+
+
+def behaviours(rng: random.Random, lang: str, interests: list[str]) -> list[str]:
+    """8-40 behaviours of a persona: 70% from its interests (mostly in its language), 15% everyday
+    apps and shops, 15% noise from any interest (also used by the synthetic reference panel)."""
+    names = list(INTERESTS)
+    seq = []
+    for _ in range(rng.randint(8, 40)):
+        r = rng.random()
+        if r < 0.7:
+            pool = INTERESTS[rng.choice(interests)]
+            l2 = lang if rng.random() < 0.85 else rng.choice(LANGS)
+            seq.append(rng.choice(pool[l2]))
+        elif r < 0.85:
+            seq.append(rng.choice(COMMON[lang]))
+        else:
+            seq.append(rng.choice(INTERESTS[rng.choice(names)][lang]))
+    return seq
 
 
 def install(store: ObjectStore, n_users: int = 3000) -> bool:

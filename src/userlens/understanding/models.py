@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
 from userlens.jobs.models import Job
@@ -100,5 +100,51 @@ class CustomAttributes(NclueResource, Base):
     line_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+class ShoppingIntent(NclueResource, Base):
+    """A Shopping Intent profile: who in the reference panel resembles a Task's target group."""
+
+    __tablename__ = "shopping_intents"
+
+    task_id: Mapped[str] = mapped_column(String(36), index=True)
+    task_name: Mapped[str] = mapped_column(String(100))
+    model_name: Mapped[str] = mapped_column(String(64))
+    # The panel chosen at creation (the newest of the Task's model then), kept by id and name.
+    panel_id: Mapped[str] = mapped_column(String(36), index=True)
+    panel_name: Mapped[str] = mapped_column(String(100))
+    line_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True, doc="Panel users scored.")
+    disk_usage: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The report as JSON (for GET and the console) and the TSV's key in the internal bucket:
+    # both set only when the job completes.
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    result_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class ReferencePanel(Base):
+    """A reference panel: users with vectors of one model, demographics and shopping interests.
+
+    Global (operator-provided, not per account) and immutable once imported; the newest panel of
+    a model is the one new Shopping Intent profiles use."""
+
+    __tablename__ = "nclue_panels"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    model_name: Mapped[str] = mapped_column(String(64))
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    source_bucket: Mapped[str] = mapped_column(String(63))
+    sequences_path: Mapped[str] = mapped_column(String(1024))
+    attributes_path: Mapped[str] = mapped_column(String(1024))
+    dim: Mapped[int] = mapped_column(Integer)
+    user_count: Mapped[int] = mapped_column(BigInteger)
+    part_count: Mapped[int] = mapped_column(Integer)
+    # The value lists the stored attribute codes index: {"gender": [...], "age_group": [...], "interest": [...]}.
+    categories: Mapped[dict] = mapped_column(JSON)
+    prefix: Mapped[str] = mapped_column(String(512), doc="Folder of the panel's data in the internal bucket.")
+    disk_usage: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_nclue_panels_model_created", "model_name", "created_at"),)
+
+
 # Resources whose data counts against the account's internal storage quota (disk_usage).
-STORED_MODELS = [Feature, Task]
+STORED_MODELS = [Feature, Task, ShoppingIntent]
