@@ -234,3 +234,21 @@ def test_two_workers_racing_never_run_a_job_twice(database):
             w.stop()
     assert set(runs) == set(ids)
     assert all(n == 1 for n in runs.values()), runs
+
+
+def test_workers_share_the_cores_for_blas():
+    """Two jobs each running BLAS on every core would oversubscribe them (see limit_blas_threads)."""
+    import os
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from userlens.jobs.worker import limit_blas_threads
+
+    before = threadpool_info()
+    try:
+        cores = os.cpu_count() or 1
+        assert limit_blas_threads(cores) == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+        assert limit_blas_threads(1) == cores
+    finally:
+        threadpool_limits({p["prefix"]: p["num_threads"] for p in before})
