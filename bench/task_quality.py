@@ -1,6 +1,6 @@
 """Task quality through the full API path on MovieLens-100K: Feature -> Task -> Run.
 
-    .venv/bin/python bench/task_quality.py [--repeats 5]
+    .venv/bin/python bench/task_quality.py [--repeats 5] [--model ul-hash-v2]
 
 One Feature of the 943 users (POST /api/v1/features). For each attribute (gender F, age < 30,
 occupation "student") and each repeat r, a stratified 80/20 split with seed r: the train answers and
@@ -50,6 +50,7 @@ def answers(ids, y) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", default=None, help="nclue_model of the Feature (default: the service's default)")
     args = ap.parse_args()
 
     sequences, users = movielens.load_movielens()
@@ -67,7 +68,7 @@ def main() -> None:
     try:
         env.start_inline_worker()
         env.put_file("movielens", "ml-100k/sequences.csv", path)
-        f = env.make_feature("movielens", "movielens", "ml-100k/sequences.csv")
+        f = env.make_feature("movielens", "movielens", "ml-100k/sequences.csv", model=args.model)
         c = env.client
         for attr, y in attrs.items():
             res = results.setdefault(attr, {"majority": [], "bag-of-items": [], "tfidf+svd": [], "userlens Task": []})
@@ -104,7 +105,7 @@ def main() -> None:
         best = max(np.mean(res["bag-of-items"]), np.mean(res["tfidf+svd"]))
         ours = np.mean(res["userlens Task"])
         rows.append([attr, *(f"{np.mean(v):.4f} ± {np.std(v):.4f}" for v in res.values()), f"{ours - best:+.4f}", "OK" if ours >= best else "BELOW"])
-    console.print(table(f"Task quality on MovieLens-100K — test AUC over {args.repeats} stratified 80/20 splits (mean ± std)",
+    console.print(table(f"Task quality on MovieLens-100K ({f['nclue_model']}) — test AUC over {args.repeats} stratified 80/20 splits (mean ± std)",
                         ["attribute", "majority", "bag-of-items", "tfidf+svd", "userlens Task (API)", "Δ vs best", "target"], rows))
     for attr, (lines, run_auc, task_auc) in run_check.items():
         console.print(f"Run check ({attr}, split 0): {lines} lines scored; AUC from the Run's TSV on the test users {run_auc:.4f} (Task reported {task_auc:.4f})")

@@ -1,6 +1,6 @@
 """Task training time and Run throughput on a seed-sized Feature, with peak memory.
 
-    .venv/bin/python bench/task_speed.py --users 1048371 --labelled 100000 --repeat 3
+    .venv/bin/python bench/task_speed.py --users 1048371 --labelled 100000 --repeat 3 [--model ul-hash-v2]
 
 A Feature of the synthetic seed-shaped dataset (bench/synthetic.py) is made once. Then, per repeat,
 through the API with a separate `userlens worker` process (peak memory = its VmHWM):
@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--labelled", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--model", default=None, help="nclue_model of the Feature (default: the service's default)")
     args = ap.parse_args()
 
     path = cached_dataset(CACHE, args.users)
@@ -104,9 +105,9 @@ def main() -> None:
         worker = env.start_worker()
         time.sleep(2)
         t0 = time.perf_counter()
-        fid = env.client.post("/api/v1/features", {"name": "speed", "source_bucket": "bench", "source_file_path": "sequences/users.csv"})["feature_id"]
+        fid = env.client.post("/api/v1/features", {"name": "speed", "source_bucket": "bench", "source_file_path": "sequences/users.csv", **({"nclue_model": args.model} if args.model else {})})["feature_id"]
         feature = env.client.wait(f"/api/v1/features/{fid}", timeout=3600, interval=0.5)
-        console.print(f"Feature: {feature['user_count']:,} users in {time.perf_counter() - t0:.1f}s")
+        console.print(f"Feature ({feature['nclue_model']}): {feature['user_count']:,} users in {time.perf_counter() - t0:.1f}s")
 
         tasks, runs, limits = [], [], []
         for r in range(args.repeat):
