@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from userlens.config import Settings
+from userlens.understanding.model_registry import DEFAULT_MODEL
 
 CLI = [sys.executable, "-m", "userlens.cli"]
 
@@ -150,11 +151,11 @@ def test_panel_import_list_delete(backend):
     res = panel("import", "--name", "cli-panel", *files, "p/attrs.tsv")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert (out["name"], out["model"], out["user_count"], out["builtin"]) == ("cli-panel", "ul-hash-v1", 300, False)
+    assert (out["name"], out["model"], out["user_count"], out["builtin"]) == ("cli-panel", DEFAULT_MODEL, 300, False)
     assert out["categories"]["gender"] == 2 and out["categories"]["age_group"] == 6 and out["disk_usage"] > 0
     bad = panel("import", "--name", "bad", *files, "p/bad.tsv")
     assert bad.returncode == 1 and "the first line must be the header" in bad.stderr
-    assert panel("list").stdout == f"{out['panel_id']}\tcli-panel\tul-hash-v1\t300 users\tin use\n"  # the bad one left nothing
+    assert panel("list").stdout == f"{out['panel_id']}\tcli-panel\t{DEFAULT_MODEL}\t300 users\tin use\n"  # the bad one left nothing
     res = panel("delete", out["panel_id"])
     assert res.returncode == 0 and panel("list").stdout == ""
     assert panel("delete", out["panel_id"]).returncode == 1

@@ -15,6 +15,7 @@ from userlens.errors import Conflict
 from userlens.samples import panel as synthetic
 from userlens.samples import sequences as sample
 from userlens.understanding import intent_report
+from userlens.understanding.model_registry import DEFAULT_MODEL
 from userlens.understanding.models import ReferencePanel, ShoppingIntent, Task
 from userlens.understanding.panels import PanelImportError
 from userlens.understanding.shopping_intents import JOB_KIND
@@ -348,7 +349,7 @@ def test_imported_panel_becomes_the_models_panel_and_profiles_keep_theirs(world)
     w.put("panel/seq.csv", seq)
     w.put("panel/attrs.tsv", attrs)
     panel = w.svc.panels.import_panel("my-panel", w.bucket, "panel/seq.csv", "panel/attrs.tsv")
-    assert (panel.user_count, panel.part_count, panel.model_name, panel.builtin) == (200, 1, "ul-hash-v1", False)
+    assert (panel.user_count, panel.part_count, panel.model_name, panel.builtin) == (200, 1, DEFAULT_MODEL, False)
     assert panel.disk_usage == w.store.usage(w.settings.internal_bucket, panel.prefix) > 0
     assert set(panel.categories["interest"]) == set(sample.INTERESTS) | {"=formula"}
     assert [p.name for p in w.svc.panels.list()] == ["my-panel", synthetic.NAME]
@@ -373,7 +374,7 @@ def test_imported_panel_becomes_the_models_panel_and_profiles_keep_theirs(world)
 
 def test_panel_delete_is_refused_while_a_profile_reads_it(world):
     pid = create(world)["profile_id"]
-    panel_id = world.svc.panels.active("ul-hash-v1").id
+    panel_id = world.svc.panels.active(DEFAULT_MODEL).id
     with pytest.raises(Conflict) as err:
         world.svc.panels.delete(panel_id)
     assert err.value.name == "RESOURCE_IN_USE" and pid in err.value.details
@@ -381,7 +382,7 @@ def test_panel_delete_is_refused_while_a_profile_reads_it(world):
     prefix = world.svc.panels.get(panel_id).prefix
     assert world.svc.panels.delete(panel_id) == panel_id
     assert world.store.list(world.settings.internal_bucket, prefix) == []
-    assert world.svc.panels.active("ul-hash-v1") is None
+    assert world.svc.panels.active(DEFAULT_MODEL) is None
     assert completed(world, "again")["result"]["panel_name"] == synthetic.NAME  # the built-in one comes back
 
 

@@ -199,15 +199,15 @@ def test_test_feature_of_another_model_is_refused(world):
     assert_error(world.client.raw("POST", "/api/v1/tasks", body=task_body(world, test_feature_id=fid, test_bucket=world.bucket, test_file_path="answers/running.csv")), 422, 19422, "MODEL_MISMATCH")
 
 
-def test_the_2048_dimension_model_trains_scores_and_never_mixes_with_v1(world):
+def test_default_2048_dimension_model_and_v1_never_mix(world):
     c = world.client
-    fid = c.post("/api/v1/features", {"name": "wide", "source_bucket": world.bucket, "source_file_path": "seq/users.csv", "nclue_model": "ul-hash-v2"})["feature_id"]
+    assert c.get(f"/api/v1/features/{world.extra['feature_id']}")["nclue_model"] == "ul-hash-v2"
+    fid = c.post("/api/v1/features", {"name": "narrow", "source_bucket": world.bucket, "source_file_path": "seq/users.csv", "nclue_model": "ul-hash-v1"})["feature_id"]
     world.run_jobs()
-    assert c.get(f"/api/v1/features/{fid}")["nclue_model"] == "ul-hash-v2"
     with world.svc.db.session() as s:
-        assert s.get(Feature, fid).dim == 2048
-    t = make_task(world, name="wide-runners", train_feature_id=fid)
-    assert t["status"] == "completed" and t["nclue_model"] == "ul-hash-v2" and t["performance"]["auc"] > 0.85, t
+        assert (s.get(Feature, world.extra["feature_id"]).dim, s.get(Feature, fid).dim) == (2048, 1024)
+    t = make_task(world, name="narrow-runners", train_feature_id=fid)
+    assert t["status"] == "completed" and t["nclue_model"] == "ul-hash-v1" and t["performance"]["auc"] > 0.85, t
     run = {"name": "mixed", "task_id": t["task_id"], "feature_id": world.extra["feature_id"], "result_bucket": world.bucket, "result_file_path": "runs/"}
     assert_error(c.raw("POST", "/api/v1/task-runs", body=run), 422, 19422, "MODEL_MISMATCH")
 

@@ -174,7 +174,7 @@ def panel_import(
     bucket: str = typer.Option(..., help="Bucket holding both files."),
     sequences: str = typer.Option(..., help="Sequence file or folder: user_id<TAB>b1->b2->... (the Feature input format)."),
     attributes: str = typer.Option(..., help="Attribute file: header user_id<TAB>gender<TAB>age_group<TAB>interests, interests separated by '|'."),
-    model: Optional[str] = typer.Option(None, help="Model that encodes the sequences (default: the server default, ul-hash-v1)."),
+    model: Optional[str] = typer.Option(None, help="Model that encodes the sequences (default: the server default, ul-hash-v2)."),
 ) -> None:
     """Import a reference panel; it becomes the panel of its model for new Shopping Intent profiles."""
     from userlens.errors import DomainError

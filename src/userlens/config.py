@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     feature_chunk_rows: int = Field(16384, description="Users per streamed chunk (one Parquet part each).")
     fault_slow_chunk_ms: int = Field(0, description="Fault injection: sleep this long after each chunk (tests only).")
 
-    nclue_model: str = Field("ul-hash-v1", description="Model of new Features when a request names none (ul-hash-v1 or ul-sem-v1).")
+    nclue_model: str = Field("ul-hash-v2", description="Model of new Features when a request names none (ul-hash-v2, ul-hash-v1 or ul-sem-v1).")
 
     # Tasks
     task_candidates: str = Field("logreg,mlp", description="Classifiers a Task chooses from by validation AUC: logreg (C grid), mlp; logreg:C pins one C.")

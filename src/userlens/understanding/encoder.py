@@ -80,7 +80,7 @@ __all__ = [
     "normalize_behavior",
 ]
 
-DEFAULT_MODEL = "ul-hash-v1"
+DEFAULT_MODEL = "ul-hash-v2"
 MAX_TOKENS_PER_USER = 2048
 SEPARATOR = "->"
 

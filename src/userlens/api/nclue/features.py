@@ -18,7 +18,7 @@ class FeatureCreate(BaseModel):
     )
     nclue_model: str | None = Field(
         None,
-        description="userlens extension: the model, ul-hash-v1 (default: fast, best for Tasks) or ul-sem-v1 (multilingual "
+        description="userlens extension: the model, ul-hash-v2 (default: fast, best for Tasks), ul-hash-v1 (its 1024-dimension predecessor) or ul-sem-v1 (multilingual "
         "sentence embeddings: keywords match by meaning, for Custom Attributes). NCLUE clients leave it out.",
     )
 
