@@ -6,7 +6,8 @@ format it ingests records then events through the HTTP API (upload, COMPLETE) in
 userlens (SQLite + local folder) and runs the ingest jobs in a worker thread, then measures entity
 look-ups over loopback HTTP (uvicorn, 4 client threads, 5 s). Baseline in the same run: a bare
 pyarrow read + Parquet write of the same files (what the lake copy alone costs).
-Reports records/s, seconds until profiles are queryable, look-up p50/p99 and peak memory (VmHWM).
+Reports records/s, seconds until profiles are queryable, look-up p50/p99 and peak memory (VmHWM of
+the run: reset before each run, so the data generation does not count).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -77,6 +79,14 @@ def baseline(folder: Path) -> float:
     return rows / (time.perf_counter() - t0)
 
 
+def reset_peak_rss() -> None:
+    """Resets VmHWM (Linux: writing 5 to /proc/self/clear_refs), so peak_rss_mb measures what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def run_one(folder: Path, fmt: str) -> dict:
     from fastapi.testclient import TestClient
 
@@ -85,6 +95,7 @@ def run_one(folder: Path, fmt: str) -> dict:
     from userlens.services import build_services
     from userlens.storage.migrate import upgrade
 
+    reset_peak_rss()  # the peak of this run, not of the data generation before it
     data_dir = Path(tempfile.mkdtemp(prefix="ul-bench-"))
     settings = Settings(data_dir=data_dir, workers=0, master_key="bench", log_level="WARNING")
     upgrade(settings.database_url)
@@ -116,7 +127,9 @@ def run_one(folder: Path, fmt: str) -> dict:
     queryable_s = time.perf_counter() - t0
     lat = lookups(app, H, people=LOOKUP_PEOPLE[0])
     svc.close()
-    return {"rows": total_rows, "seconds": queryable_s, "rps": total_rows / queryable_s, **lat, "peak_mb": peak_rss_mb(os.getpid())}
+    peak = peak_rss_mb(os.getpid())
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return {"rows": total_rows, "seconds": queryable_s, "rps": total_rows / queryable_s, **lat, "peak_mb": peak}
 
 
 def lookups(app, headers: dict, people: int, seconds: float = 5.0, threads: int = 4) -> dict:
@@ -189,6 +202,7 @@ def main() -> None:
         rows.append([f"userlens ingest ({fmt})", fmt_stats([x["rps"] for x in r], digits=0), fmt_stats([x["seconds"] for x in r], "s"), fmt_stats([x["p50_ms"] for x in r], "ms", 2), fmt_stats([x["p99_ms"] for x in r], "ms", 2), fmt_stats([x["peak_mb"] for x in r], " MiB", 0), f"{statistics.median([x['rps'] for x in r]) / base_med:.3f}"])
     console.print(table(f"Profile ingestion: {people:,} records + {events:,} events, median (min–max) over {args.repeats} run(s)", ["run", "records/s", "until queryable", "look-up p50", "look-up p99", "peak RSS", "ratio to baseline"], rows))
     console.print(f"saved {save('ingest_profiles', {'scale': args.scale, 'people': people, 'events': events, 'results': res})}")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,4 +4,4 @@ from userlens.accounts.models import AccessKey, Account  # noqa: F401
 from userlens.jobs.models import Job  # noqa: F401
 from userlens.understanding.models import CustomAttributes, Feature, ReferencePanel, ShoppingIntent, Task, TaskRun  # noqa: F401
 from userlens.orgs.models import AccessToken, ApiClient, Org, Sandbox  # noqa: F401
-from userlens.profiles.models import Batch, BatchFile, Dataset, Identity, MergePolicy, ProfileEvent, ProfileFragment  # noqa: F401
+from userlens.profiles.models import Batch, BatchFile, Dataset, EventGroup, Identity, MergePolicy, ProfileFragment, StoreLoad  # noqa: F401

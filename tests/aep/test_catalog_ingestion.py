@@ -132,3 +132,27 @@ def test_batch_abort_and_actions(aep):
     listing = c.get("/data/foundation/catalog/batches", params={"dataSet": ds, "orderBy": "asc:created"})
     assert list(listing) == [bid, bid2] and listing[bid]["relatedObjects"] == [{"type": "dataSet", "id": ds}]
     assert c.request("POST", "/data/foundation/import/batches", body={"datasetId": ds, "inputFormat": {"format": "xml"}}).status_code == 400
+
+
+def test_dataset_put_and_patch(aep):
+    c = aep.client
+    ds = c.dataset("people")
+    aep.ingest(ds, [{"identityMap": {"crm": [{"id": "P1", "primary": True}]}, "name": "P"}])
+    ent = {"schema.name": "_xdm.context.profile", "entityId": "P1", "entityIdNS": "crm"}
+    assert c.request("GET", "/data/core/ups/access/entities", params=ent).status_code == 200
+    r = c.request("PATCH", f"/data/foundation/catalog/dataSets/{ds}", body={"name": "renamed", "tags": {"team": ["crm"]}, "created": 1})
+    assert r.status_code == 200 and r.json() == [f"@/dataSets/{ds}"]
+    got = c.get(f"/data/foundation/catalog/dataSets/{ds}")[ds]
+    assert got["name"] == "renamed" and got["version"] == "1.0.1" and got["tags"]["team"] == ["crm"] and "unifiedProfile" not in got["tags"] and got["created"] != 1
+    assert c.request("GET", "/data/core/ups/access/entities", params=ent).status_code == 404  # no longer enabled for Profile
+    c.request("PATCH", f"/data/foundation/catalog/dataSets/{ds}", body={"tags": {"unifiedProfile": ["enabled:true"]}})
+    assert c.request("GET", "/data/core/ups/access/entities", params=ent).status_code == 200
+    put = {"name": "whole", "description": "d", "schemaRef": {"id": PROFILE, "contentType": "application/vnd.adobe.xed+json;version=1"}, "tags": {"unifiedProfile": ["enabled:true"]}, "custom": 1}
+    assert c.request("PUT", f"/data/foundation/catalog/dataSets/{ds}", body=put).status_code == 200
+    got = c.get(f"/data/foundation/catalog/dataSets/{ds}")[ds]
+    assert got["name"] == "whole" and got["description"] == "d" and got["custom"] == 1 and got["version"] == "1.0.3"
+    bad = c.request("PUT", f"/data/foundation/catalog/dataSets/{ds}", body={"name": "x"})
+    assert bad.status_code == 400 and bad.json()["status"] == 400
+    bad = c.request("PATCH", f"/data/foundation/catalog/dataSets/{ds}", body={"schemaRef": {"id": EVENT}})
+    assert bad.status_code == 400
+    assert aep.new_org().request("PATCH", f"/data/foundation/catalog/dataSets/{ds}", body={"name": "x"}).status_code == 404

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from userlens.errors import DomainError
 from userlens.profiles.merge import MergePolicyService, Policy, merge_fragments
@@ -42,6 +44,81 @@ def select_fields(entity: dict, fields: list[str] | None) -> dict:
     return out
 
 
+MAX_PROPERTY_FILTERS = 3
+_OPS = ("<=", ">=", "!=", "=", "<", ">")
+_DAY = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
+
+
+@dataclass(frozen=True)
+class PropertyFilter:
+    """One `property=` event filter (§10.1): a dotted path into the event, an operator and a value.
+    Values compare as numbers when both sides are numbers, as booleans for true/false, as days
+    (`yyyy-mm-dd` or `yyyymmdd` against the date part of a date-time or a ms timestamp), else as
+    text. An event without the field does not match."""
+
+    path: tuple[str, ...]
+    op: str
+    value: Any
+
+    @classmethod
+    def parse(cls, text: str) -> "PropertyFilter":
+        for op in _OPS:  # two-character operators first
+            name, sep, raw = text.partition(op)
+            if sep and name.strip() and "=" not in name and "<" not in name and ">" not in name and "!" not in name:
+                return cls(tuple(name.strip().split(".")), op, _typed(raw.strip()))
+        raise ValueError(f"property filter {text!r}: expected <path><op><value>, op one of {', '.join(_OPS)}")
+
+    def matches(self, doc: dict) -> bool:
+        node: Any = doc
+        for p in self.path:
+            if not isinstance(node, dict) or p not in node:
+                return False
+            node = node[p]
+        a, b = _comparable(node, self.value)
+        if a is None:
+            return False
+        try:
+            return {"=": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[self.op]
+        except TypeError:
+            return False
+
+
+def _typed(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    m = _DAY.match(raw)
+    if m:
+        return dt.date(int(m[1]), int(m[2]), int(m[3]))
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+def _comparable(value: Any, target: Any) -> tuple[Any, Any]:
+    """(field value, filter value) brought to one type, or (None, None) when they cannot be."""
+    if isinstance(target, bool):
+        return (value, target) if isinstance(value, bool) else (None, None)
+    if isinstance(target, dt.date):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return dt.datetime.fromtimestamp(value / 1000, dt.timezone.utc).date(), target
+        if isinstance(value, str):
+            m = _DAY.match(value[:10])
+            return (dt.date(int(m[1]), int(m[2]), int(m[3])), target) if m else (None, None)
+        return None, None
+    if isinstance(target, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value, target
+        return (None, None) if not isinstance(value, str) else (value, str(target))
+    if isinstance(value, (dict, list)) or value is None:
+        return None, None
+    return (str(value).lower() if isinstance(value, bool) else str(value)), target
+
+
 @dataclass
 class Resolved:
     xid: str
@@ -65,10 +142,10 @@ class ProfileAccess:
         return Resolved(g.xid, g.members, policy)
 
     def profile(self, sandbox_id: str, r: Resolved, fields: list[str] | None = None) -> dict | None:
-        flags = self.store.dataset_flags(sandbox_id)
+        frags, events, flags = self.store.profile_data(sandbox_id, r.pkeys)
         enabled = {d for d, (on, _) in flags.items() if on}
-        frags = [f for f in self.store.fragments(sandbox_id, r.pkeys) if f.dataset_id in enabled]
-        events = [e for e in self.store.event_summary(sandbox_id, r.pkeys) if e[0] in enabled]
+        frags = [f for f in frags if f.dataset_id in enabled]
+        events = [e for e in events if e[0] in enabled]
         if not frags and not events:
             return None
         attrs = merge_fragments(frags, r.policy, {d for d in enabled if flags[d][1]})

@@ -23,6 +23,8 @@ from userlens.profiles.xdm import behaviour_of
 from userlens.storage.db import Database
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+KNOWN_FIELDS = {"name", "description", "schemaRef", "fileDescription", "tags"}
+READ_ONLY_FIELDS = {"id", "imsOrg", "sandboxId", "version", "created", "updated", "createdClient", "createdUser", "updatedUser", "viewId", "files", "basePath", "lastBatchId", "lastBatchStatus", "classification", "state"}
 ORDERABLE = {"created", "updated", "name", "id", "status"}
 
 
@@ -94,8 +96,7 @@ class CatalogService:
         enabled, upsert = tag_flags(tags)
         if enabled and behaviour == "union":
             raise InvalidParameter("the union schema is read-only: a dataset on it cannot be enabled for Profile")
-        known = {"name", "description", "schemaRef", "fileDescription", "tags"}
-        extra = {k: v for k, v in body.items() if k not in known}
+        extra = {k: v for k, v in body.items() if k not in KNOWN_FIELDS}
         ms = now_ms()
         with self.db.session() as s:
             ds = Dataset(
@@ -104,6 +105,51 @@ class CatalogService:
                 profile_enabled=enabled, upsert=upsert, created_client=t.client_id, created_ms=ms, updated_ms=ms,
             )
             s.add(ds)
+            return ds
+
+    def update_dataset(self, t: Tenant, dataset_id: str, body: Any, replace: bool) -> Dataset:
+        """PUT (`replace`: the body is the whole dataset) or PATCH (the fields given). The class of
+        the schema cannot change (rows already ingested follow it); tags recompute the Profile flags
+        (disabling a dataset hides its data from profiles at once, enabling shows it again). Fields
+        the platform maintains (id, created, lastBatchId, ...) are ignored."""
+        if not isinstance(body, dict):
+            raise InvalidParameter("the body must be a JSON object")
+        body = {k: v for k, v in body.items() if k not in READ_ONLY_FIELDS}
+        with self.db.session() as s:
+            ds = s.execute(select(Dataset).where(Dataset.id == dataset_id, Dataset.sandbox_id == t.sandbox_id).with_for_update()).scalar_one_or_none()
+            if ds is None:
+                raise NotFound("DataSet not found.")
+            if replace:
+                for f in ("name", "schemaRef"):
+                    if f not in body:
+                        raise InvalidParameter(f"{f} is required (PUT replaces the dataset; PATCH changes some fields)")
+            if "name" in body:
+                if not isinstance(body["name"], str) or not body["name"].strip():
+                    raise InvalidParameter("name must be a non-empty string")
+                ds.name = body["name"]
+            if "schemaRef" in body:
+                ref = body["schemaRef"]
+                if not isinstance(ref, dict) or not isinstance(ref.get("id"), str):
+                    raise InvalidParameter("schemaRef.id is required")
+                if behaviour_of(ref["id"]) != ds.behaviour:
+                    raise InvalidParameter("schemaRef: a dataset keeps the class of its schema (record, time-series or union)")
+                ds.schema_ref = ref
+            if replace or "description" in body:
+                ds.description = body.get("description")
+            if replace or "fileDescription" in body:
+                ds.file_description = body.get("fileDescription")
+            if replace or "tags" in body:
+                tags = body.get("tags") or {}
+                if not isinstance(tags, dict) or not all(isinstance(v, list) for v in tags.values()):
+                    raise InvalidParameter("tags must map names to arrays of strings")
+                enabled, upsert = tag_flags(tags)
+                if enabled and ds.behaviour == "union":
+                    raise InvalidParameter("the union schema is read-only: a dataset on it cannot be enabled for Profile")
+                ds.tags, ds.profile_enabled, ds.upsert = tags, enabled, upsert
+            extra = {k: v for k, v in body.items() if k not in KNOWN_FIELDS}
+            ds.extra = extra if replace else {**(ds.extra or {}), **extra}
+            ds.version += 1
+            ds.updated_ms = now_ms()
             return ds
 
     def get_dataset(self, t: Tenant, dataset_id: str) -> Dataset:

@@ -1,12 +1,17 @@
 """Column-wise (vectorised) row rules for Arrow record batches: the fast path of Parquet ingestion.
 
 `check_batch` applies the rules of ``xdm.check_row`` to a whole record batch with pyarrow compute
-and numpy instead of one Python dict per row, and renders each row's XDM document as JSON text
-column-wise (`json_column`). It handles the usual shapes (``identityMap`` as a MAP of namespace to
-a list of ``{id, primary}`` structs; ``_id`` string or integer; ``timestamp`` string, integer
-epoch ms or an Arrow timestamp; columns of strings, numbers, booleans, structs, lists and maps).
-Anything else raises `Unsupported` and the caller falls back to the row-by-row rules, which stay
-the reference semantics. Differences from the row path, on purpose and harmless:
+and numpy instead of one Python dict per row. Its outputs stay Arrow arrays (primary identities,
+identities JSON, event ids, times, graph input); the caller turns into Python objects only what
+goes to SQL (record fragments). Documents are rendered as JSON text column-wise (`json_column`) only
+when asked for (records); for events, whose bodies stay in the lake, the size guardrail measures
+the same JSON length without writing it (`json_length`). Strings are escaped or measured string by
+string only when their buffer holds a byte that JSON escapes (`_plain`). It handles the usual shapes
+(``identityMap`` as a MAP of namespace to a list of ``{id, primary}`` structs; ``_id`` string or
+integer; ``timestamp`` string, integer epoch ms or an Arrow timestamp; columns of strings, numbers,
+booleans, structs, lists and maps). Anything else raises `Unsupported` and the caller falls back to
+the row-by-row rules, which stay the reference semantics. Differences from the row path, on purpose
+and harmless:
 * the stored document writes a Parquet MAP as a JSON object (``{"ns": [...]}``, the XDM form), not
   as a list of pairs; floats are written by Arrow (``100`` for ``100.0``);
 * the size guardrail measures that JSON text (bytes), as the row path measures its own JSON.
@@ -54,8 +59,27 @@ def _lit(s: str, n: int) -> pa.Array:
 _Q = pa.scalar('"', pa.string())
 
 
+def _plain(arr: pa.Array) -> bool:
+    """True if no string of `arr` holds a byte that JSON escapes (control characters, '"', '\\'),
+    read from the data buffer at once: the usual case, which then skips the per-string escaping
+    and counting."""
+    if isinstance(arr, pa.ChunkedArray):
+        return all(_plain(c) for c in arr.chunks)
+    if not len(arr) or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return not len(arr)
+    data = arr.buffers()[2]
+    if data is None:
+        return True
+    offs = np.frombuffer(arr.buffers()[1], np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+    lo, hi = int(offs[arr.offset]), int(offs[arr.offset + len(arr)])
+    d = np.frombuffer(data, np.uint8, hi - lo, lo)
+    return not len(d) or bool(d.min() >= 32 and not (d == 34).any() and not (d == 92).any())
+
+
 def _escape(arr: pa.Array) -> pa.Array:
     """JSON string escaping (as json.dumps with ensure_ascii=False) of a string array."""
+    if _plain(arr):
+        return arr
     arr = pc.replace_substring(arr, "\\", "\\\\")
     arr = pc.replace_substring(arr, '"', '\\"')
     if len(arr) and pc.any(pc.match_substring_regex(arr, "[\\x00-\\x1f]")).as_py():
@@ -138,19 +162,113 @@ def json_column(arr: pa.Array) -> pa.Array:
     return out
 
 
+def _seg_sum(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-list sums of `values` given zero-based list offsets (empty lists sum to 0)."""
+    cs = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(values, out=cs[1:])
+    return cs[offsets[1:]] - cs[offsets[:-1]]
+
+
+def _string_len(arr: pa.Array) -> np.ndarray:
+    """Bytes of each string once quoted and escaped as `_quote` writes it (nulls: any value)."""
+    arr = arr.cast(pa.string()) if not pa.types.is_large_string(arr.type) else arr
+    n = pc.fill_null(pc.binary_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64) + 2
+    if not len(arr) or _plain(arr):
+        return n
+    for ch in ("\\", '"'):
+        n += pc.fill_null(pc.count_substring(arr, ch), 0).to_numpy(zero_copy_only=False)
+    if pc.any(pc.match_substring_regex(arr, "[\\x00-\\x1f]")).as_py():
+        for ch in _CONTROL:
+            extra = len(_ESCAPES.get(ch, f"\\u{ord(ch):04x}")) - 1
+            n += extra * pc.fill_null(pc.count_substring(arr, ch), 0).to_numpy(zero_copy_only=False)
+    return n
+
+
+def json_length(arr: pa.Array) -> np.ndarray:
+    """Bytes of each value's JSON text as `json_column` writes it, without writing it: what the size
+    guardrail needs when the text itself is not kept (events, whose bodies stay in the lake)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks else pa.array([], arr.type)
+    t, n = arr.type, len(arr)
+    if pa.types.is_null(t):
+        return np.full(n, 4, np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        out = _string_len(arr)
+    elif pa.types.is_integer(t):
+        out = pc.fill_null(pc.binary_length(arr.cast(pa.string())), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    elif pa.types.is_boolean(t):
+        out = np.where(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), 4, 5).astype(np.int64)
+    elif pa.types.is_floating(t):
+        if n and not pc.all(pc.or_kleene(pc.is_finite(arr), pc.is_null(arr))).as_py():
+            raise Unsupported("NaN or infinite floats")
+        out = pc.fill_null(pc.binary_length(arr.cast(pa.string())), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    elif pa.types.is_struct(t):
+        out = np.full(n, 2, np.int64)
+        for i in range(t.num_fields):
+            out += len(json.dumps(t.field(i).name, ensure_ascii=False).encode()) + 1 + (1 if i else 0)
+            out += json_length(pc.struct_field(arr, [i]))
+    elif pa.types.is_map(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        offs, a, b = _list_parts(arr)
+        if pa.types.is_map(t):
+            keys = arr.keys.slice(a, b - a)
+            if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+                raise Unsupported("map keys that are not strings")
+            items = _string_len(keys) + 1 + json_length(arr.items.slice(a, b - a))
+        else:
+            items = json_length(arr.values.slice(a, b - a))
+        counts = np.diff(offs)
+        out = 2 + _seg_sum(offs, items) + np.maximum(counts - 1, 0)
+    else:
+        raise Unsupported(f"column type {t}")
+    if arr.null_count:
+        out = np.where(pc.is_valid(arr).to_numpy(zero_copy_only=False), out, 4)
+    return out
+
+
+_EMPTY = pa.array([], pa.string())
+
+
 @dataclass
 class Checked:
-    """The outcome of the rules over one record batch (indices are 0-based within the batch)."""
+    """The outcome of the rules over one record batch (indices are 0-based within the batch). The
+    per-row outputs are Arrow arrays over the accepted rows, in row order: the caller decides what
+    becomes Python objects (record fragments) and what stays columnar (events)."""
 
     mask: np.ndarray  # accepted rows
     errors: list[tuple[int, tuple[str, str]]]
-    pkeys: list[str] = field(default_factory=list)
-    identities: list[str] = field(default_factory=list)  # JSON [[ns, id, primary], ...]
-    docs: list[str] = field(default_factory=list)
-    event_ids: list[str] | None = None
-    ts_ms: list[int] | None = None
-    keys: list[str] = field(default_factory=list)  # every identity "NS:id" of the accepted rows
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # (first identity of a row, another one)
+    pkeys: pa.Array = field(default_factory=lambda: _EMPTY)  # primary identity "NS:id" per accepted row
+    docs: pa.Array | None = None  # the XDM document as JSON text (only when asked for)
+    event_ids: pa.Array | None = None
+    ts_ms: np.ndarray | None = None  # int64
+    keys: pa.Array = field(default_factory=lambda: _EMPTY)  # every distinct identity "NS:id" of the accepted rows
+    pairs: tuple[pa.Array, pa.Array] = (_EMPTY, _EMPTY)  # (first identity of a row, another one), distinct
+
+    single: bool = True  # every accepted row holds exactly one identity (its primary one)
+    _items: tuple | None = None
+
+    @property
+    def n_ok(self) -> int:
+        return len(self.pkeys)
+
+    @property
+    def identities(self) -> pa.Array:
+        """JSON [[ns, id, primary], ...] per accepted row (made on demand: events of one identity
+        per row do not need it, see `single_identity_json`)."""
+        if self._items is None:
+            return _EMPTY
+        k_ns, k_id, k_prim, offsets = self._items
+        item_json = _concat(["[", _json_ascii(k_ns), ", ", _json_ascii(k_id), ", ", pc.if_else(pa.array(k_prim), "true", "false"), "]"], len(k_prim))
+        return _join_lists(offsets, item_json, ", ", "[", "]", None, len(offsets) - 1)
+
+
+def single_identity_json(pkeys: pa.Array) -> pa.Array:
+    """The identities JSON of rows whose only identity is their primary one, from the key "NS:id"
+    alone (namespace codes never hold ':'): the same text `Checked.identities` writes."""
+    if not len(pkeys):
+        return _EMPTY
+    parts = pc.split_pattern(pkeys, ":", max_splits=1)
+    ns, ids = pc.list_element(parts, 0), pc.list_element(parts, 1)
+    return _concat(["[[", _json_ascii(ns), ", ", _json_ascii(ids), ", true]]"], len(pkeys))
 
 
 def _identity_items(col: pa.Array, n: int):
@@ -205,13 +323,19 @@ def _identity_items(col: pa.Array, n: int):
     return map_valid, bad_row, item_row, item_ns, ids_f, prim, is_ecid
 
 
-def check_batch(rb: pa.RecordBatch, behaviour: str, now_ms: int) -> Checked:
+def check_batch(rb: pa.RecordBatch, behaviour: str, now_ms: int, docs: bool = True) -> Checked:
+    """The rules over one record batch. `docs`: also render each accepted row as JSON text (else the
+    size guardrail measures that text's length without writing it, `json_length`)."""
     n = rb.num_rows
     names = rb.schema.names
     if "identityMap" not in names:
         raise Unsupported("no identityMap column")
-    docs_arr = json_column(pa.StructArray.from_arrays(rb.columns, names=names)) if n else pa.array([], pa.string())
-    sizes = pc.binary_length(docs_arr).to_numpy(zero_copy_only=False)
+    whole = pa.StructArray.from_arrays(rb.columns, names=names) if n else None
+    docs_arr = (json_column(whole) if n else pa.array([], pa.string())) if docs else None
+    if docs_arr is not None:
+        sizes = pc.binary_length(docs_arr).to_numpy(zero_copy_only=False)
+    else:
+        sizes = json_length(whole) if n else np.zeros(0, np.int64)
     err = np.zeros(n, np.int8)  # 0 = ok, else an index into CODES
     CODES: list[tuple[str, str]] = [None, ERR_EVENT_SIZE, ERR_NO_ID, ERR_NO_TS, ERR_RECORD_SIZE, ERR_BAD_IDENTITY, ERR_NO_PRIMARY, ERR_TOO_MANY_IDS]  # type: ignore[list-item]
 
@@ -274,26 +398,36 @@ def check_batch(rb: pa.RecordBatch, behaviour: str, now_ms: int) -> Checked:
     k_ns, k_id = pc.take(item_ns, kidx), pc.take(ids_f, kidx)
     k_row, k_prim = item_row[keep_item], is_primary[keep_item]
     keys = pc.binary_join_element_wise(k_ns, k_id, ":")
-    keys_py = keys.to_pylist()
-    out.pkeys = pc.take(keys, pa.array(np.flatnonzero(k_prim), pa.int64())).to_pylist()  # one per row, rows in order
-    item_json = _concat(["[", _json_ascii(k_ns), ", ", _json_ascii(k_id), ", ", pc.if_else(pa.array(k_prim), "true", "false"), "]"], len(k_row))
+    out.pkeys = pc.take(keys, pa.array(np.flatnonzero(k_prim), pa.int64()))  # one per row, rows in order
     k_starts = np.flatnonzero(np.r_[True, k_row[1:] != k_row[:-1]]) if len(k_row) else np.array([], np.int64)
     offsets = np.r_[k_starts, len(k_row)]
-    out.identities = _join_lists(offsets, item_json, ", ", "[", "]", None, len(rows_ok)).to_pylist()
+    out.single = len(k_row) == len(rows_ok)
+    out._items = (k_ns, k_id, k_prim, offsets)
     take_ok = pa.array(rows_ok, pa.int64())
-    out.docs = pc.take(docs_arr, take_ok).to_pylist()
+    if docs_arr is not None:
+        out.docs = pc.take(docs_arr, take_ok)
     if behaviour == "time-series":
-        out.event_ids = pc.take(event_ids, take_ok).to_pylist()
-        out.ts_ms = ts[rows_ok].astype(np.int64).tolist()
+        out.event_ids = pc.take(event_ids, take_ok)
+        out.ts_ms = ts[rows_ok].astype(np.int64)
     # Identity graph input: every key, and (first key of its row, key) for rows with several.
-    out.keys = pc.unique(keys).to_pylist()
+    out.keys = pc.unique(keys)
     firsts = np.zeros(len(k_row), bool)
     firsts[k_starts] = True
     if not firsts.all():
         first_of = np.repeat(k_starts, np.diff(offsets))
         others = np.flatnonzero(~firsts)
-        out.pairs = [(keys_py[first_of[i]], keys_py[i]) for i in others]
+        a = pc.take(keys, pa.array(first_of[others], pa.int64()))
+        b = pc.take(keys, pa.array(others, pa.int64()))
+        out.pairs = distinct_pairs(a, b)
     return out
+
+
+def distinct_pairs(a: pa.Array, b: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The distinct (a[i], b[i]) pairs (identity keys never hold NUL)."""
+    if not len(a):
+        return a, b
+    t = pa.table({"a": a, "b": b}).group_by(["a", "b"], use_threads=False).aggregate([])
+    return t.column("a").combine_chunks(), t.column("b").combine_chunks()
 
 
 def _json_ascii(arr: pa.Array) -> pa.Array:

@@ -115,47 +115,58 @@ class Identity(Base):
     __table_args__ = (Index("ix_aep_identities_xid", "sandbox_id", "xid"),)
 
 
+class StoreLoad(Base):
+    """One attempt of one batch at feeding the profile store (the unit of visibility and deletion).
+
+    Every fragment and event group points at its load by a small integer instead of repeating the
+    sandbox, dataset, batch and attempt strings: rows and indexes stay narrow. A load becomes visible
+    in the transaction that publishes its batch; rows of a load that is not visible are ignored."""
+
+    __tablename__ = "aep_store_loads"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    sandbox_id: Mapped[str] = mapped_column(String(36))
+    dataset_id: Mapped[str] = mapped_column(String(24))
+    batch_id: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[str] = mapped_column(String(40))
+    behaviour: Mapped[str] = mapped_column(String(16), doc="record | time-series")
+    ingest_ms: Mapped[int] = mapped_column(BigInteger)
+    lake_prefix: Mapped[str | None] = mapped_column(String(1400), nullable=True, doc="folder of the load's sorted event parts")
+    visible: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_aep_store_loads_batch", "batch_id"), Index("ix_aep_store_loads_scope", "sandbox_id", "dataset_id"))
+
+
 class ProfileFragment(Base):
     """One ingested profile record (append-only; the newest per dataset and identity wins)."""
 
     __tablename__ = "aep_fragments"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    sandbox_id: Mapped[str] = mapped_column(String(36))
-    dataset_id: Mapped[str] = mapped_column(String(24))
-    batch_id: Mapped[str] = mapped_column(String(32))
-    attempt: Mapped[str] = mapped_column(String(40))
+    load_id: Mapped[int] = mapped_column(BigInteger, doc="aep_store_loads.id: sandbox, dataset, batch, attempt")
     pkey: Mapped[str] = mapped_column(String(1100), doc="primary identity NS:id (the fragment key)")
     identities: Mapped[str] = mapped_column(Text, doc="JSON [[ns, id, primary], ...]")
     doc: Mapped[str] = mapped_column(Text, doc="the XDM record as JSON")
-    ingest_ms: Mapped[int] = mapped_column(BigInteger)
 
-    __table_args__ = (
-        Index("ix_aep_fragments_pkey", "sandbox_id", "pkey"),
-        Index("ix_aep_fragments_dataset", "dataset_id"),
-        Index("ix_aep_fragments_batch", "batch_id"),
-    )
+    __table_args__ = (Index("ix_aep_fragments_pkey", "pkey"), Index("ix_aep_fragments_load", "load_id"))
 
 
-class ProfileEvent(Base):
-    """One ExperienceEvent, unique per (sandbox, dataset, _id): re-ingested _ids are dropped."""
+class EventGroup(Base):
+    """The ExperienceEvents of one primary identity in one load: a run of consecutive rows of one
+    Parquet part of the load, sorted by (primary identity, timestamp). The events themselves stay in
+    the data lake; `body` holds them inline only for data migrated from the a001 layout."""
 
-    __tablename__ = "aep_events"
+    __tablename__ = "aep_event_groups"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    sandbox_id: Mapped[str] = mapped_column(String(36))
-    dataset_id: Mapped[str] = mapped_column(String(24))
-    batch_id: Mapped[str] = mapped_column(String(32))
-    attempt: Mapped[str] = mapped_column(String(40))
-    event_id: Mapped[str] = mapped_column(String(1024))
+    load_id: Mapped[int] = mapped_column(BigInteger)
     pkey: Mapped[str] = mapped_column(String(1100))
-    identities: Mapped[str] = mapped_column(Text)
-    ts_ms: Mapped[int] = mapped_column(BigInteger)
-    doc: Mapped[str] = mapped_column(Text)
-    ingest_ms: Mapped[int] = mapped_column(BigInteger)
+    n: Mapped[int] = mapped_column(Integer, doc="number of rows")
+    ts_min: Mapped[int] = mapped_column(BigInteger)
+    ts_max: Mapped[int] = mapped_column(BigInteger)
+    part: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="part number in the load's lake folder")
+    row0: Mapped[int] = mapped_column(BigInteger, default=0, doc="first row in the part")
+    identities: Mapped[str] = mapped_column(Text, doc="JSON [[ns, id, primary], ...]: every identity of these events")
+    body: Mapped[str | None] = mapped_column(Text, nullable=True, doc="JSON [[_id, ts_ms, doc], ...] when not in the lake")
 
-    __table_args__ = (
-        UniqueConstraint("event_id", "dataset_id", "sandbox_id", name="uq_aep_events_id"),  # event_id first: planners must not take it for a sandbox scan
-        Index("ix_aep_events_pkey", "sandbox_id", "pkey", "ts_ms"),
-        Index("ix_aep_events_batch", "batch_id"),
-    )
+    __table_args__ = (Index("ix_aep_event_groups_pkey", "pkey"), Index("ix_aep_event_groups_load", "load_id"))

@@ -2,64 +2,104 @@
 
 Design
 ------
-*Source of truth = immutable, attributed fragments; merged profiles are always computed.*
-Every ingested row becomes one fragment row that knows its sandbox, dataset, batch and ingest attempt:
-``aep_fragments`` (profile records) and ``aep_events`` (ExperienceEvents, unique per
-(sandbox, dataset, ``_id``) so a re-sent event is stored once). Nothing is merged in place: a merged
-profile is recomputed on read from the fragments of its identity graph and a merge policy. So
-(a) both merge policies and both graph types (``none``/``pdg``) work on the same data at any time,
-(b) deleting everything a dataset or an event batch contributed is ``DELETE ... WHERE dataset_id|batch_id``
-followed by a graph rebuild, and the merged views are right again at once (next issues: system jobs).
+*Source of truth = immutable, attributed data; merged profiles are always computed.* Nothing is
+merged in place: a merged profile is recomputed on read from the fragments of its identity graph and
+a merge policy, so both merge policies and both graph types (``none``/``pdg``) work on the same data
+at any time.
+
+*Loads.* Each attempt of each batch that feeds the store is one row of ``aep_store_loads`` (sandbox,
+dataset, batch, attempt, ingestion time, lake folder, ``visible``). Every stored row points at its
+load by an integer, so it knows its dataset and batch without repeating four strings (rows and
+indexes stay narrow), and deleting what a dataset or a batch gave the store is ``DELETE ... WHERE
+load_id IN (its loads)`` on the ``load_id`` indexes, followed by a graph rebuild
+(``delete_dataset`` / ``delete_batch``; the next issues' system jobs). A profile's own rows go by
+primary identity (``delete_entity``), and only the graphs it touched are recomputed (``regraph``).
+
+*Profile records* are SQL rows, ``aep_fragments`` (load, primary identity ``pkey``, identities,
+document as JSON): a look-up merges them on every read, and a sandbox has about one per person and
+dataset, so they stay where one indexed query reads them.
+
+*ExperienceEvents stay in the data lake.* The ingest job sorts a batch's events by (primary identity,
+time), in runs of at most 1M events, and writes each run as one Parquet part of the batch's lake
+folder (the same files Data Access serves), in row groups of 4,096 rows. SQL keeps one row per person
+and part, ``aep_event_groups`` (load, pkey, count, first and last time, part, first row, the
+identities the events carry): the "fragment" of AEP's vocabulary, a person's events in one dataset
+and batch. So 1M events of 200k people cost about 200k small SQL rows instead of 1M rows with their
+bodies (bench/ingest_profiles.py, full scale: Parquet ingestion about 4x faster than the a001
+layout). An event read takes the person's groups from SQL and reads only the row groups that hold
+their rows, through ``LakeReader`` (the parts' footers are cached; a part never changes, its key
+holds the attempt). Groups wholly outside a requested time window are read for their ``_id``s only.
+Groups migrated from the a001 layout hold their events inline (``body``), since a migration cannot
+write the lake.
+
+*De-duplication by _id* happens on read, per profile: of the events of one dataset with one ``_id``,
+the first ingested (lowest load, then position) is the event and later copies are ignored, whatever
+their time (``events``). Ingestion stores every accepted row, as AEP's lake does; a copy of an event
+sent under another primary identity that belongs to another profile is not seen as a duplicate there.
 
 *Identity graph.* ``aep_identities`` maps each identity "NS:id" of a sandbox to the XID of its graph.
 Graphs are connected components of the "appear in the same row" relation over all Profile-enabled
-datasets of the sandbox (union-find). A graph's XID is the smallest native XID
-(``xdm.native_xid``) of its members, so incremental merging (ingest) and a full rebuild (after a
-deletion) give the same XIDs. The ingest job unions its batch's identities in memory (bounded by the
-batch's distinct identities) and applies the result to the table in the publish transaction:
-new identities are inserted, merged graphs relabelled.
+datasets of the sandbox. A graph's XID is the smallest native XID (``xdm.native_xid``) of its
+members, so incremental merging (ingest) and a full rebuild (after a deletion) give the same XIDs.
+The ingest job keeps its batch's identities and links column-wise (Arrow); ``apply_graph`` merges
+them in the publish transaction: the known identities are read (key ranges on SQLite, one array
+parameter joined with ``unnest`` on PostgreSQL), the components of (batch links + each known
+identity's link to its graph) come from scipy's ``connected_components``, new identities are
+inserted in key order and merged graphs relabelled.
 
 *Guardrail (50 identities).* Graphs are never cut: ingestion keeps linking (the data is real, and
 cutting "the oldest" link would make the graph depend on ingestion order). A graph with more than 50
 identities is excluded from look-ups (HTTP 422 "Too many related identities", as AEP does) and must be
 excluded by segmentation and export too (``graph_too_large``).
 
-*Visibility / publication.* The ingest job inserts a batch's rows while it runs, tagged with its
-attempt; readers only see rows whose batch is ``success`` and whose attempt is the batch's published
-``store_attempt`` (one join on the batch's primary key). The job's publish callback flips the batch
-to ``success`` and applies the graph in the transaction that completes the job, so a batch becomes
-visible whole or not at all; rows of failed or lost attempts are removed (and are invisible anyway).
+*Visibility / publication.* The ingest job registers its load (invisible) and inserts its rows while
+it runs; readers only see rows whose load is ``visible`` (one join on the load's primary key). The
+job's publish callback makes the load visible, flips the batch to ``success`` and applies the graph,
+all in the transaction that completes the job, so a batch becomes visible whole or not at all; loads
+of failed or lost attempts are removed with their rows (``clear_batch``; they are invisible anyway).
 
-*Bulk loads.* The ingest job hands the store whole chunks, column-wise (``insert_columns``): COPY on
-PostgreSQL (events through a temporary table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``),
-one raw ``executemany`` of tuples per chunk on SQLite; identity rows likewise. No ORM objects.
+*Bulk loads.* Whole chunks, column-wise: COPY on PostgreSQL, one raw ``executemany`` of tuples per
+chunk on SQLite (rows sorted by key, so the index is written in order); identity rows likewise. No
+ORM objects.
 
-*Reads.* Look-up by identity = 3 indexed queries (identity -> XID -> members -> visible fragments by
-``(sandbox_id, pkey)``) plus the event summary and the dataset flags, all in one session
-(``shared_read``) and as plain SQL through the DBAPI connection; events are paged with the
-``(sandbox_id, pkey, ts_ms)`` index.
-*Scans* (segment evaluation, export over all profiles): stream ``aep_identities`` ordered by XID
-joined with the fragments on ``pkey`` (server-side cursor, ``yield_per``) and merge one graph at a
-time; rows are grouped so memory is bounded by the largest graph, not by the sandbox.
+*Reads.* A profile look-up is two queries through the DBAPI connection: the graph (identity -> XID
+-> members, one self-join) and, in one UNION ALL, the visible record fragments and event groups of
+the members with their datasets' flags; rows are read by the pkey index first (``_by_pkey``).
+*Scans* (segment evaluation, export over all profiles, next issues): read each visible load's rows
+in order (fragments by ``load_id``, event parts sequentially: they are sorted by person), join them
+with ``aep_identities`` on ``pkey`` and merge one graph at a time; memory is bounded by the largest
+graph, not by the sandbox.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from itertools import repeat
+from typing import Any, Iterator
 
-from sqlalchemy import and_, delete, func, or_, select, update
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from userlens.profiles.models import Batch, Dataset, Identity, ProfileEvent, ProfileFragment
-from userlens.profiles.xdm import MAX_GRAPH_IDENTITIES, Accepted, native_xid
+from userlens.profiles.models import Dataset, EventGroup, Identity, ProfileFragment, StoreLoad
+from userlens.profiles.xdm import MAX_GRAPH_IDENTITIES, dumps, native_xid, native_xids, parse_timestamp_ms
 from userlens.storage.db import Database
+from userlens.storage.objectstore import ObjectStore
 
 IN_CHUNK = 500  # bound of IN (...) lists
-SQLITE_CACHE_KIB = 131072  # page cache of a connection that bulk-loads fragments (SQLite)
+SQLITE_CACHE_KIB = 65536  # page cache of a connection that bulk-loads (SQLite): the indexes' hot pages
+META_CACHE = 512  # Parquet footers of lake parts kept for event reads
+READ_BLOCK = 1 << 20  # object-store read size for event reads (a few row groups, not whole parts)
 
 # A read request (profile look-up) runs all its queries in one session: `shared_read` opens it and
 # `read_session` hands it to the store and merge-policy reads made meanwhile on this thread/task.
@@ -96,40 +136,6 @@ class GraphTooLarge(Exception):
         self.xid, self.size = xid, size
 
 
-class UnionFind:
-    """Union-find over strings with path halving; memory is one dict entry per node."""
-
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        p = self.parent
-        if x not in p:
-            p[x] = x
-            return x
-        while p[x] != x:
-            p[x] = p[p[x]]
-            x = p[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-    def add_row(self, keys: list[str]) -> None:
-        first = keys[0]
-        self.find(first)
-        for k in keys[1:]:
-            self.union(first, k)
-
-    def groups(self) -> list[list[str]]:
-        out: dict[str, list[str]] = {}
-        for x in list(self.parent):
-            out.setdefault(self.find(x), []).append(x)
-        return list(out.values())
-
-
 def ikeys_of(identities: list[list]) -> list[str]:
     return [f"{ns}:{v}" for ns, v, *_ in identities]
 
@@ -139,9 +145,32 @@ def _chunks(items: list, n: int = IN_CHUNK) -> Iterator[list]:
         yield items[i : i + n]
 
 
-def _visible(model):
-    """Join condition: the row's batch is published and the row is of the published attempt."""
-    return and_(Batch.id == model.batch_id, Batch.store_attempt == model.attempt, Batch.status == "success")
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _drop_nulls(value):
+    """XDM has no nulls: a null field is an absent one (lake rows of JSON input carry a null for
+    every field another row of the same part had)."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _by_pkey(table: str, cols: str, n: int, sqlite: bool) -> str:
+    """A derived table of `table`'s rows whose primary identity is one of n parameters. OFFSET 0
+    (SQLite spells it LIMIT -1 OFFSET 0) keeps it from being merged into the outer query, so both SQLite and PostgreSQL start from the
+    pkey index, then join each row's load by primary key, whatever their statistics say (without
+    it, from three identities up, SQLite started from the sandbox's loads and read every fragment of
+    each, 32 ms instead of 0.1 ms; PostgreSQL right after a bulk load, with stale statistics,
+    intersected with the load_id index: 4 ms)."""
+    return f"(SELECT {cols} FROM {table} WHERE pkey IN ({_marks(n)}) {'LIMIT -1 OFFSET 0' if sqlite else 'OFFSET 0'})"
+
+
+def part_key(lake_prefix: str, part: int) -> str:
+    return f"{lake_prefix}/part-{part:05d}.parquet"
 
 
 @dataclass
@@ -163,65 +192,165 @@ class FragmentRow:
 
 
 @dataclass
+class EventRow:
+    event_id: str
+    ts_ms: int
+    doc: str  # the XDM event as JSON text
+    ingest_ms: int
+    dataset_id: str
+    seq: tuple[int, int, int]  # (load, part or -1, row): ingestion order, the tie-break of equal times
+
+
+@dataclass
 class EventPage:
-    rows: list[ProfileEvent] = field(default_factory=list)
+    rows: list[EventRow] = field(default_factory=list)
     next_id: str = ""
 
 
+@dataclass
+class _Group:
+    load_id: int
+    dataset_id: str
+    ingest_ms: int
+    lake_prefix: str | None
+    n: int
+    ts_min: int
+    ts_max: int
+    part: int | None
+    row0: int
+    body: str | None
+
+
+class LakeReader:
+    """Reads row ranges of the lake's sorted event parts: the footer of each part is parsed once
+    and cached (parts are immutable: their key holds the attempt), then only the row groups that hold
+    the range are read."""
+
+    def __init__(self, objects: ObjectStore | None, bucket: str | None):
+        self.objects, self.bucket = objects, bucket
+        self._meta: OrderedDict[str, tuple[pq.FileMetaData, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def meta(self, key: str) -> tuple[pq.FileMetaData, np.ndarray]:
+        with self._lock:
+            hit = self._meta.get(key)
+            if hit is not None:
+                self._meta.move_to_end(key)
+                return hit
+        with self.objects.open_read(self.bucket, key, block_size=READ_BLOCK) as f:
+            md = pq.ParquetFile(f).metadata
+        starts = np.zeros(md.num_row_groups + 1, np.int64)
+        np.cumsum([md.row_group(i).num_rows for i in range(md.num_row_groups)], out=starts[1:])
+        with self._lock:
+            self._meta[key] = (md, starts)
+            while len(self._meta) > META_CACHE:
+                self._meta.popitem(last=False)
+        return md, starts
+
+    def read_ranges(self, key: str, ranges: list[tuple[int, int]], columns: list[str] | None = None) -> list[pa.Table]:
+        """The rows [row0, row0 + n) of one part for each (row0, n), reading each row group once."""
+        md, starts = self.meta(key)
+        names = md.schema.to_arrow_schema().names
+        if columns is not None:
+            columns = [c for c in columns if c in names]
+        needed: set[int] = set()
+        for row0, n in ranges:
+            a = int(np.searchsorted(starts, row0, "right")) - 1
+            b = int(np.searchsorted(starts, row0 + n - 1, "right")) - 1
+            needed.update(range(a, b + 1))
+        rgs = sorted(needed)
+        with self.objects.open_read(self.bucket, key, block_size=READ_BLOCK) as f:
+            t = pq.ParquetFile(f, metadata=md).read_row_groups(rgs, columns=columns, use_threads=False)
+        # Row r of the part is row `pos[r]` of t.
+        base = np.zeros(len(rgs) + 1, np.int64)
+        np.cumsum([starts[i + 1] - starts[i] for i in rgs], out=base[1:])
+        out = []
+        for row0, n in ranges:
+            i = rgs.index(int(np.searchsorted(starts, row0, "right")) - 1)
+            out.append(t.slice(int(base[i] + row0 - starts[rgs[i]]), n))
+        return out
+
+
+def _table_events(t: pa.Table) -> tuple[list[str], list[int], list[dict] | None]:
+    """(_id, time in ms, documents) of lake rows; documents None when only `_id` was read."""
+    from userlens.profiles.columnar import _timestamps
+
+    names = t.column_names
+    if "xdm_json" in names:  # rows whose fields change type from row to row: kept whole as JSON
+        docs = [json.loads(x) if x else {} for x in t.column("xdm_json").to_pylist()]
+        ids = [str(d.get("_id")) for d in docs]
+        ts = [parse_timestamp_ms(d.get("timestamp")) or 0 for d in docs]
+        return ids, ts, docs
+    ids = [str(x) for x in t.column("_id").to_pylist()] if "_id" in names else [""] * t.num_rows
+    if "timestamp" in names:
+        ts = _timestamps(t.column("timestamp").combine_chunks(), t.num_rows)
+        ts = [int(x) if x == x else 0 for x in ts.tolist()]
+    else:
+        ts = [0] * t.num_rows
+    if names == ["_id"] or names == ["_id", "timestamp"]:
+        return ids, ts, None
+    return ids, ts, [_drop_nulls(d) for d in t.to_pylist(maps_as_pydicts="lossy")]
+
+
 class ProfileStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, objects: ObjectStore | None = None, bucket: str | None = None):
         self.db = db
+        self.lake = LakeReader(objects, bucket)
 
     # -- writes by the ingest job ------------------------------------------------------------------
-    def clear_batch(self, batch_id: str, attempt: str | None = None) -> None:
-        """Removes a batch's rows (of one attempt, or of every attempt)."""
+    def begin_load(self, sandbox_id: str, dataset_id: str, batch_id: str, attempt: str, behaviour: str, ingest_ms: int, lake_prefix: str | None) -> int:
+        """Registers an (invisible) load: the rows of one attempt of one batch."""
         with self.db.session() as s:
-            for model in (ProfileFragment, ProfileEvent):
-                q = delete(model).where(model.batch_id == batch_id)
-                if attempt is not None:
-                    q = q.where(model.attempt == attempt)
-                s.execute(q)
+            load = StoreLoad(sandbox_id=sandbox_id, dataset_id=dataset_id, batch_id=batch_id, attempt=attempt, behaviour=behaviour, ingest_ms=ingest_ms, lake_prefix=lake_prefix, visible=False)
+            s.add(load)
+            s.flush()
+            return load.id
 
-    def insert_rows(self, sandbox_id: str, dataset_id: str, batch_id: str, attempt: str, behaviour: str, rows: list[Accepted], ingest_ms: int) -> None:
+    def publish_load(self, s: Session, load_id: int) -> None:
+        """Makes a load visible, in the caller's (publication) transaction."""
+        s.execute(update(StoreLoad).where(StoreLoad.id == load_id).values(visible=True))
+
+    def clear_batch(self, batch_id: str, attempt: str | None = None) -> None:
+        """Removes the invisible loads of a batch (of one attempt, or of every attempt) and their rows."""
+        with self.db.session() as s:
+            q = select(StoreLoad.id).where(StoreLoad.batch_id == batch_id, StoreLoad.visible.is_(False))
+            if attempt is not None:
+                q = q.where(StoreLoad.attempt == attempt)
+            self._drop_loads(s, list(s.execute(q).scalars()))
+
+    @staticmethod
+    def _drop_loads(s: Session, load_ids: list[int]) -> int:
+        """Deletes loads and their rows; returns the number of records and events removed."""
+        n = 0
+        for chunk in _chunks(load_ids):
+            n += s.execute(delete(ProfileFragment).where(ProfileFragment.load_id.in_(chunk))).rowcount or 0
+            n += s.execute(select(func.coalesce(func.sum(EventGroup.n), 0)).where(EventGroup.load_id.in_(chunk))).scalar_one()
+            s.execute(delete(EventGroup).where(EventGroup.load_id.in_(chunk)))
+            s.execute(delete(StoreLoad).where(StoreLoad.id.in_(chunk)))
+        return int(n)
+
+    def insert_records(self, load_id: int, pkeys: list[str], identities: list[str], docs: list[str]) -> None:
+        """Bulk insert of one chunk of profile records (sorted by primary identity, so the index
+        is written in key order)."""
+        rows = sorted(zip(repeat(load_id), pkeys, identities, docs), key=lambda r: r[1])
+        self._bulk("aep_fragments", ("load_id", "pkey", "identities", "doc"), rows)
+
+    def insert_event_groups(self, load_id: int, rows: list[tuple]) -> None:
+        """Bulk insert of event groups: (pkey, n, ts_min, ts_max, part, row0, identities) each."""
+        self._bulk("aep_event_groups", ("load_id", "pkey", "n", "ts_min", "ts_max", "part", "row0", "identities"), [(load_id, *r) for r in rows])
+
+    def _bulk(self, table: str, cols: tuple[str, ...], rows: list[tuple]) -> None:
+        """One transaction through the raw DBAPI connection: COPY on PostgreSQL, executemany of
+        tuples on SQLite. No ORM objects, no per-row dicts."""
         if not rows:
             return
-        event = behaviour == "time-series"
-        self.insert_columns(
-            sandbox_id, dataset_id, batch_id, attempt, behaviour, ingest_ms,
-            pkeys=[r.pkey for r in rows], identities=[json.dumps(r.identities) for r in rows], docs=[r.doc for r in rows],
-            event_ids=[r.event_id for r in rows] if event else None, ts_ms=[r.ts_ms for r in rows] if event else None,
-        )
-
-    def insert_columns(self, sandbox_id: str, dataset_id: str, batch_id: str, attempt: str, behaviour: str, ingest_ms: int, *, pkeys: list[str], identities: list[str], docs: list[str], event_ids: list[str] | None = None, ts_ms: list[int] | None = None) -> None:
-        """Bulk insert of one chunk, column-wise, through the raw DBAPI connection in one transaction:
-        PostgreSQL COPY (events through a temporary table, then INSERT ... ON CONFLICT DO NOTHING for
-        the _id de-duplication); SQLite executemany with tuples. No ORM objects, no per-row dicts."""
-        n = len(pkeys)
-        if not n:
-            return
-        event = behaviour == "time-series"
-        const = (sandbox_id, dataset_id, batch_id, attempt)
-        if event:
-            cols = ("sandbox_id", "dataset_id", "batch_id", "attempt", "event_id", "pkey", "identities", "ts_ms", "doc", "ingest_ms")
-            rows = [(*const, e, p, i, t, d, ingest_ms) for e, p, i, t, d in zip(event_ids, pkeys, identities, ts_ms, docs)]
-            table = "aep_events"
-        else:
-            cols = ("sandbox_id", "dataset_id", "batch_id", "attempt", "pkey", "identities", "doc", "ingest_ms")
-            rows = [(*const, p, i, d, ingest_ms) for p, i, d in zip(pkeys, identities, docs)]
-            table = "aep_fragments"
         collist = ", ".join(cols)
         if self.db.engine.dialect.name == "postgresql":
             with self.db.engine.begin() as conn, conn.connection.driver_connection.cursor() as cur:  # commits on exit
-                if event:
-                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS aep_events_load (LIKE aep_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                with cur.copy(f"COPY {'aep_events_load' if event else table} ({collist}) FROM STDIN") as cp:
+                with cur.copy(f"COPY {table} ({collist}) FROM STDIN") as cp:
                     for r in rows:
                         cp.write_row(r)
-                if event:
-                    cur.execute(f"INSERT INTO aep_events ({collist}) SELECT {collist} FROM aep_events_load ORDER BY id ON CONFLICT (event_id, dataset_id, sandbox_id) DO NOTHING")
             return
-        marks = ", ".join("?" * len(cols))
-        tail = " ON CONFLICT (event_id, dataset_id, sandbox_id) DO NOTHING" if event else ""
         with self.db.engine.connect() as conn:
             raw = conn.connection.driver_connection
             cur = raw.cursor()
@@ -235,7 +364,7 @@ class ProfileStore:
                 prev = cur.execute("PRAGMA synchronous").fetchone()[0]
                 cur.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    cur.executemany(f"INSERT INTO {table} ({collist}) VALUES ({marks}){tail}", rows)
+                    cur.executemany(f"INSERT INTO {table} ({collist}) VALUES ({_marks(len(cols))})", rows)
                     raw.commit()
                 except BaseException:
                     raw.rollback()
@@ -245,48 +374,75 @@ class ProfileStore:
             finally:
                 cur.close()
 
-    @staticmethod
-    def _insert_ignore(s: Session, model):
-        """INSERT ... ON CONFLICT DO NOTHING on the event key: de-duplication by _id."""
-        if s.bind.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(model.__table__).on_conflict_do_nothing(index_elements=["event_id", "dataset_id", "sandbox_id"])
-
-    def apply_graph(self, s: Session, sandbox_id: str, components: Iterable[list[str]]) -> None:
-        """Merges a batch's identity components into the sandbox graph (in the caller's transaction)."""
-        comps = [c for c in components if c]
-        keys = sorted({k for c in comps for k in c})
-        existing: dict[str, str] = {}
-        for chunk in _chunks(keys, 2000):
-            sql = f"SELECT ikey, xid FROM aep_identities WHERE sandbox_id = ? AND ikey IN ({', '.join('?' * len(chunk))})"
-            existing.update(self._rows(s, sql, (sandbox_id, *chunk)))
-        # A component whose identities are all known and already in one graph changes nothing
-        # (the usual case for events of known people): only the others go through the union-find.
-        comps = [c for c in comps if len({existing.get(k) for k in c}) != 1 or c[0] not in existing]
-        if not comps:
+    def apply_graph(self, s: Session, sandbox_id: str, keys: pa.Array, edges: tuple[pa.Array, pa.Array]) -> None:
+        """Merges a batch's identities into the sandbox graph, in the caller's (publication)
+        transaction. `keys`: every identity "NS:id" the batch holds; `edges`: (a, b) pairs of
+        identities that appear in one row. Column-wise: the components of (batch edges + each known
+        identity's link to its graph) come from scipy's connected_components; a changed component
+        takes the smallest XID among its old graphs' XIDs and its new identities' native XIDs."""
+        keys = pc.unique(keys) if len(keys) else keys
+        if not len(keys):
             return
-        uf = UnionFind()
-        for comp in comps:
-            uf.add_row(comp)
-            for k in comp:
-                if k in existing:
-                    uf.union(comp[0], "\x00" + existing[k])
-        new_rows: list[tuple] = []
-        relabel: list[dict] = []
-        for members in uf.groups():
-            old = sorted({m[1:] for m in members if m.startswith("\x00")})
-            fresh = [m for m in members if not m.startswith("\x00") and m not in existing]
-            xid = min(old + [native_xid(k) for k in fresh])
-            relabel += [{"old": o, "new": xid} for o in old if o != xid]
-            new_rows += [(sandbox_id, k, xid) for k in fresh]
+        keys = keys.take(pc.sort_indices(keys))
+        key_list = keys.to_pylist()
+        existing = self._known(s, sandbox_id, key_list)
+        n = len(key_list)
+        a, b = edges
+        if len(existing) == n and not len(a):  # known people, no new links: nothing changes
+            return
+        known = np.fromiter((k in existing for k in key_list), bool, n)
+        old_xids = sorted(set(existing.values()))
+        xid_node = {x: n + i for i, x in enumerate(old_xids)}
+        known_idx = np.flatnonzero(known)
+        rows = [pc.index_in(a, keys).to_numpy(zero_copy_only=False), known_idx]
+        cols = [pc.index_in(b, keys).to_numpy(zero_copy_only=False), np.fromiter((xid_node[existing[key_list[i]]] for i in known_idx), np.int64, len(known_idx))]
+        r, c = np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+        size = n + len(old_xids)
+        ncomp, labels = connected_components(coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(size, size)).tocsr(), directed=False)
+        fresh_idx = np.flatnonzero(~known)
+        comp_fresh, comp_old = labels[fresh_idx], labels[n:]
+        changed = (np.bincount(comp_fresh, minlength=ncomp) > 0) | (np.bincount(comp_old, minlength=ncomp) > 1)
+        if not changed.any():
+            return
+        cand = pa.table({
+            "c": np.concatenate([comp_old, comp_fresh]).astype(np.int64),
+            "x": pa.array(old_xids + native_xids([key_list[i] for i in fresh_idx]), pa.string()),
+        }).group_by("c", use_threads=False).aggregate([("x", "min")])
+        new_xid = [None] * ncomp
+        for comp, x in zip(cand.column("c").to_pylist(), cand.column("x_min").to_pylist()):
+            new_xid[comp] = x
+        relabel = [{"old": o, "new": new_xid[comp]} for o, comp in zip(old_xids, comp_old.tolist()) if changed[comp] and new_xid[comp] != o]
         if relabel:
             t = Identity.__table__
-            from sqlalchemy import bindparam
-
             s.execute(t.update().where(t.c.sandbox_id == sandbox_id, t.c.xid == bindparam("old")).values(xid=bindparam("new")), relabel)
-        self._insert_identities(s, new_rows)
+        self._insert_identities(s, [(sandbox_id, key_list[i], new_xid[comp]) for i, comp in zip(fresh_idx.tolist(), comp_fresh.tolist())])  # key order
+
+    def _known(self, s: Session, sandbox_id: str, keys: list[str]) -> dict[str, str]:
+        """{identity: XID} of the known ones among `keys` (sorted). On SQLite (BINARY collation:
+        the order of Python's str) each run of 2000 keys is first read as one key range, which
+        costs one index seek when few of them are known and reads the index in order when most
+        are; a range that holds many other identities is read with IN (...) instead."""
+        out: dict[str, str] = {}
+        sqlite = s.bind.dialect.name == "sqlite"
+        if not sqlite:
+            # PostgreSQL: one array parameter joined as a relation, so the plan is index look-ups
+            # whatever the planner believes of the table's size (right after a bulk COPY its
+            # statistics are stale, and an IN list of 2000 parameters was planned as a sequential
+            # scan: 3 s per query measured at 360k rows).
+            for chunk in _chunks(keys, 20000):
+                sql = "SELECT i.ikey, i.xid FROM unnest(?::text[]) AS k(ikey) JOIN aep_identities i ON i.sandbox_id = ? AND i.ikey = k.ikey"
+                out.update(self._rows(s, sql, (chunk, sandbox_id)))
+            return out
+        for chunk in _chunks(keys, 2000):
+            if sqlite:
+                cap = 4 * len(chunk)
+                rows = self._rows(s, f"SELECT ikey, xid FROM aep_identities WHERE sandbox_id = ? AND ikey >= ? AND ikey <= ? LIMIT {cap}", (sandbox_id, chunk[0], chunk[-1]))
+                if len(rows) < cap:
+                    wanted = set(chunk)
+                    out.update(r for r in rows if r[0] in wanted)
+                    continue
+            out.update(self._rows(s, f"SELECT ikey, xid FROM aep_identities WHERE sandbox_id = ? AND ikey IN ({_marks(len(chunk))})", (sandbox_id, *chunk)))
+        return out
 
     @staticmethod
     def _insert_identities(s: Session, rows: list[tuple]) -> None:
@@ -301,140 +457,243 @@ class ProfileStore:
         else:
             cur = raw.cursor()
             try:
+                cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # the xid index is written in random order
                 cur.executemany("INSERT INTO aep_identities (sandbox_id, ikey, xid) VALUES (?, ?, ?)", rows)
             finally:
                 cur.close()
 
     # -- deletion (dataset / event batch) and graph rebuild ------------------------------------------
     def delete_dataset(self, sandbox_id: str, dataset_id: str) -> int:
+        """Removes everything a dataset gave the store (its loads' rows) and rebuilds the graph."""
         with self.db.session() as s:
-            n = 0
-            for model in (ProfileFragment, ProfileEvent):
-                n += s.execute(delete(model).where(model.sandbox_id == sandbox_id, model.dataset_id == dataset_id)).rowcount or 0
+            ids = list(s.execute(select(StoreLoad.id).where(StoreLoad.sandbox_id == sandbox_id, StoreLoad.dataset_id == dataset_id)).scalars())
+            n = self._drop_loads(s, ids)
             self.rebuild_graph(s, sandbox_id)
             return n
 
-    def delete_batch(self, sandbox_id: str, batch_id: str) -> int:
-        with self.db.session() as s:
-            n = 0
-            for model in (ProfileFragment, ProfileEvent):
-                n += s.execute(delete(model).where(model.sandbox_id == sandbox_id, model.batch_id == batch_id)).rowcount or 0
+    def delete_batch(self, sandbox_id: str, batch_id: str, session: Session | None = None) -> int:
+        """Removes everything a batch gave the store and rebuilds the graph (its lake files stay),
+        in `session`'s transaction if one is given."""
+        with (nullcontext(session) if session is not None else self.db.session()) as s:
+            ids = list(s.execute(select(StoreLoad.id).where(StoreLoad.sandbox_id == sandbox_id, StoreLoad.batch_id == batch_id)).scalars())
+            n = self._drop_loads(s, ids)
             self.rebuild_graph(s, sandbox_id)
             return n
+
+    def delete_entity(self, sandbox_id: str, pkeys: list[str]) -> int:
+        """Removes a profile from the store: the visible record fragments and event groups whose
+        primary identity is one of `pkeys` (a whole graph, or one identity under identityGraph
+        none), then recomputes the graphs those identities were in. The lake keeps the batches'
+        files (as AEP's data lake does); returns the number of records and events removed."""
+        with self.db.session() as s:
+            n = 0
+            for chunk in _chunks(pkeys):
+                where = f"pkey IN ({_marks(len(chunk))}) AND load_id IN (SELECT id FROM aep_store_loads WHERE sandbox_id = ? AND visible)"
+                args = (*chunk, sandbox_id)
+                n += int(self._rows(s, f"SELECT COUNT(*) FROM aep_fragments WHERE {where}", args)[0][0])
+                n += int(self._rows(s, f"SELECT COALESCE(SUM(n), 0) FROM aep_event_groups WHERE {where}", args)[0][0])
+                for table in ("aep_fragments", "aep_event_groups"):
+                    self._execute(s, f"DELETE FROM {table} WHERE {where}", args)
+            self.regraph(s, sandbox_id, pkeys)
+            return n
+
+    def regraph(self, s: Session, sandbox_id: str, ikeys: list[str]) -> None:
+        """Recomputes the graphs that hold these identities from the visible rows that are left.
+        Exact without reading the sandbox: a row's identities all lie in its primary identity's
+        graph, so every row that touches one of these graphs has its primary identity in it."""
+        members = set(ikeys)
+        for chunk in _chunks(sorted(members)):
+            sql = f"SELECT m.ikey FROM aep_identities i CROSS JOIN aep_identities m WHERE i.sandbox_id = ? AND i.ikey IN ({_marks(len(chunk))}) AND m.sandbox_id = i.sandbox_id AND m.xid = i.xid"
+            members.update(r[0] for r in self._rows(s, sql, (sandbox_id, *chunk)))
+        keys: list[str] = []
+        a: list[str] = []
+        b: list[str] = []
+        for chunk in _chunks(sorted(members)):
+            self._execute(s, f"DELETE FROM aep_identities WHERE sandbox_id = ? AND ikey IN ({_marks(len(chunk))})", (sandbox_id, *chunk))
+            for table in ("aep_fragments", "aep_event_groups"):
+                sql = f"SELECT x.identities FROM {_by_pkey(table, 'load_id, identities', len(chunk), s.bind.dialect.name == 'sqlite')} x CROSS JOIN aep_store_loads l WHERE l.id = x.load_id AND l.sandbox_id = ? AND l.visible"
+                for (ids,) in self._rows(s, sql, (*chunk, sandbox_id)):
+                    row = ikeys_of(json.loads(ids))
+                    keys += row
+                    a += row[:1] * (len(row) - 1)
+                    b += row[1:]
+        self.apply_graph(s, sandbox_id, pa.array(keys, pa.string()), (pa.array(a, pa.string()), pa.array(b, pa.string())))
 
     def rebuild_graph(self, s: Session, sandbox_id: str) -> None:
-        """Recomputes the whole graph of a sandbox from its visible fragments and events."""
-        uf = UnionFind()
-        for model in (ProfileFragment, ProfileEvent):
-            q = select(model.identities).join(Batch, _visible(model)).where(model.sandbox_id == sandbox_id).execution_options(yield_per=20000)
+        """Recomputes the whole graph of a sandbox from its visible fragments and event groups."""
+        keys: list[str] = []
+        a: list[str] = []
+        b: list[str] = []
+        for model in (ProfileFragment, EventGroup):
+            q = select(model.identities).join(StoreLoad, StoreLoad.id == model.load_id).where(StoreLoad.sandbox_id == sandbox_id, StoreLoad.visible.is_(True)).execution_options(yield_per=20000)
             for (ids,) in s.execute(q):
-                uf.add_row(ikeys_of(json.loads(ids)))
+                row = ikeys_of(json.loads(ids))
+                keys += row
+                a += row[:1] * (len(row) - 1)
+                b += row[1:]
         s.execute(delete(Identity).where(Identity.sandbox_id == sandbox_id))
-        rows = []
-        for members in uf.groups():
-            xid = min(native_xid(k) for k in members)
-            rows += [(sandbox_id, k, xid) for k in members]
-        self._insert_identities(s, rows)
+        self.apply_graph(s, sandbox_id, pa.array(keys, pa.string()), (pa.array(a, pa.string()), pa.array(b, pa.string())))
 
     # -- reads ---------------------------------------------------------------------------------------
     # The look-up path runs plain SQL through the session's DBAPI connection (no statement building,
     # no ORM rows): a profile look-up is a handful of indexed queries, and at that size SQLAlchemy's
-    # per-statement overhead would be most of the request's time.
+    # per-statement overhead would be most of the request's time. Rows by primary identity are read
+    # from `_by_pkey` derived tables, then joined with their load (see there); "CROSS JOIN" also
+    # fixes SQLite's join order.
     @staticmethod
     def _rows(s: Session, sql: str, params: tuple) -> list[tuple]:
         conn = s.connection()
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "postgresql":
+            with raw.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), params)
+                return cur.fetchall()
+        cur = raw.cursor()
+        try:
+            return cur.execute(sql, params).fetchall()
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _execute(s: Session, sql: str, params: tuple) -> None:
+        conn = s.connection()
         if conn.dialect.name == "postgresql":
             sql = sql.replace("?", "%s")
-        return conn.exec_driver_sql(sql, params).fetchall()
+        conn.exec_driver_sql(sql, params)
 
     def graph_of(self, sandbox_id: str, ikey: str | None = None, xid: str | None = None, stitch: bool = True) -> Graph | None:
-        """The identities a profile is made of. Raises GraphTooLarge past the 50-identity guardrail."""
+        """The identities a profile is made of (one query). Raises GraphTooLarge past the
+        50-identity guardrail."""
         if ikey is not None and not stitch:
             return Graph(native_xid(ikey), [ikey], False)
+        limit = MAX_GRAPH_IDENTITIES + 1
         with read_session(self.db) as s:
             if xid is None:
-                row = self._rows(s, "SELECT xid FROM aep_identities WHERE sandbox_id = ? AND ikey = ?", (sandbox_id, ikey))
-                if not row:
-                    return None
-                xid = row[0][0]
-            members = [r[0] for r in self._rows(s, f"SELECT ikey FROM aep_identities WHERE sandbox_id = ? AND xid = ? LIMIT {MAX_GRAPH_IDENTITIES + 1}", (sandbox_id, xid))]
-            if not members:
+                rows = self._rows(s, f"SELECT m.ikey, m.xid FROM aep_identities i CROSS JOIN aep_identities m WHERE i.sandbox_id = ? AND i.ikey = ? AND m.sandbox_id = i.sandbox_id AND m.xid = i.xid LIMIT {limit}", (sandbox_id, ikey))
+            else:
+                rows = self._rows(s, f"SELECT ikey, xid FROM aep_identities WHERE sandbox_id = ? AND xid = ? LIMIT {limit}", (sandbox_id, xid))
+            if not rows:
                 return None
-            if len(members) > MAX_GRAPH_IDENTITIES:
+            xid = rows[0][1]
+            if len(rows) > MAX_GRAPH_IDENTITIES:
                 size = s.execute(select(func.count()).select_from(Identity).where(Identity.sandbox_id == sandbox_id, Identity.xid == xid)).scalar_one()
                 raise GraphTooLarge(xid, size)
-            return Graph(xid, sorted(members), True)
+            return Graph(xid, sorted(r[0] for r in rows), True)
+
+    def profile_data(self, sandbox_id: str, pkeys: list[str]) -> tuple[list[FragmentRow], list[tuple[str, str, str, int]], dict[str, tuple[bool, bool]]]:
+        """What a merged profile is made of, in one query: the visible record fragments of these
+        primary identities (oldest first), the (dataset, batch, identities JSON, ingest_ms) of their
+        visible event groups (distinct), and {dataset: (profile enabled, upsert)} of those datasets."""
+        frags: list[tuple] = []
+        events: set[tuple] = set()
+        flags: dict[str, tuple[bool, bool]] = {}
+        with read_session(self.db) as s:
+            sqlite = s.bind.dialect.name == "sqlite"
+            for chunk in _chunks(pkeys):
+                sql = (
+                    "SELECT 0, f.id, l.dataset_id, l.batch_id, f.pkey, f.identities, f.doc, l.ingest_ms, l.id, d.profile_enabled, d.upsert"
+                    f" FROM {_by_pkey('aep_fragments', 'id, load_id, pkey, identities, doc', len(chunk), sqlite)} f CROSS JOIN aep_store_loads l CROSS JOIN aep_datasets d"
+                    " WHERE l.id = f.load_id AND l.sandbox_id = ? AND l.visible AND d.id = l.dataset_id"
+                    " UNION ALL SELECT * FROM (SELECT 1, 0, l.dataset_id, l.batch_id, g.pkey, g.identities, NULL, l.ingest_ms, l.id, d.profile_enabled, d.upsert"
+                    f" FROM {_by_pkey('aep_event_groups', 'load_id, pkey, identities', len(chunk), sqlite)} g CROSS JOIN aep_store_loads l CROSS JOIN aep_datasets d"
+                    " WHERE l.id = g.load_id AND l.sandbox_id = ? AND l.visible AND d.id = l.dataset_id LIMIT 1000) ev"
+                )
+                for r in self._rows(s, sql, (*chunk, sandbox_id, *chunk, sandbox_id)):
+                    flags[r[2]] = (bool(r[9]), bool(r[10]))
+                    if r[0] == 0:
+                        frags.append((r[7], r[8], r[1], FragmentRow(r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), r[7])))
+                    else:
+                        events.add((r[2], r[3], r[5], r[7]))
+        frags.sort(key=lambda x: x[:3])
+        return [x[3] for x in frags], sorted(events), flags
 
     def graph_too_large(self, sandbox_id: str, xid: str) -> bool:
         with read_session(self.db) as s:
             return s.execute(select(func.count()).select_from(Identity).where(Identity.sandbox_id == sandbox_id, Identity.xid == xid)).scalar_one() > MAX_GRAPH_IDENTITIES
-
-    def fragments(self, sandbox_id: str, pkeys: list[str]) -> list[FragmentRow]:
-        """Visible record fragments of these primary identities, oldest first."""
-        out: list[FragmentRow] = []
-        with read_session(self.db) as s:
-            for chunk in _chunks(pkeys):
-                sql = (
-                    "SELECT f.id, f.dataset_id, f.batch_id, f.pkey, f.identities, f.doc, f.ingest_ms FROM aep_fragments f"
-                    " JOIN aep_batches b ON b.id = f.batch_id AND b.store_attempt = f.attempt AND b.status = 'success'"
-                    f" WHERE f.sandbox_id = ? AND f.pkey IN ({', '.join('?' * len(chunk))})"
-                )
-                for r in self._rows(s, sql, (sandbox_id, *chunk)):
-                    out.append(FragmentRow(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6]))
-        out.sort(key=lambda f: (f.ingest_ms, f.id))
-        return out
-
-    def event_summary(self, sandbox_id: str, pkeys: list[str]) -> list[tuple[str, str, str, int]]:
-        """(dataset_id, batch_id, identities JSON, ingest_ms) of one visible event per dataset and
-        primary identity: what a profile's `sources`, `tags` and identities need from its events."""
-        out = []
-        with read_session(self.db) as s:
-            for chunk in _chunks(pkeys):
-                sql = (
-                    "SELECT e.dataset_id, e.batch_id, e.identities, MAX(e.ingest_ms) FROM aep_events e"
-                    " JOIN aep_batches b ON b.id = e.batch_id AND b.store_attempt = e.attempt AND b.status = 'success'"
-                    f" WHERE e.sandbox_id = ? AND e.pkey IN ({', '.join('?' * len(chunk))})"
-                    " GROUP BY e.dataset_id, e.batch_id, e.identities LIMIT 1000"
-                )
-                out += [tuple(r) for r in self._rows(s, sql, (sandbox_id, *chunk))]
-        return out
 
     def dataset_flags(self, sandbox_id: str) -> dict[str, tuple[bool, bool]]:
         """{dataset id: (profile enabled, upsert)} of a sandbox."""
         with read_session(self.db) as s:
             return {r[0]: (bool(r[1]), bool(r[2])) for r in self._rows(s, "SELECT id, profile_enabled, upsert FROM aep_datasets WHERE sandbox_id = ?", (sandbox_id,))}
 
-    def events(self, sandbox_id: str, pkeys: list[str], *, start_ms: int | None, end_ms: int | None, limit: int, descending: bool, start_event: str | None, datasets: set[str] | None = None) -> EventPage:
-        E = ProfileEvent
-        with read_session(self.db) as s:
-            base = select(E).join(Batch, _visible(E)).where(E.sandbox_id == sandbox_id, E.pkey.in_(pkeys[: MAX_GRAPH_IDENTITIES]))
-            if start_ms is not None:
-                base = base.where(E.ts_ms >= start_ms)
-            if end_ms is not None:
-                base = base.where(E.ts_ms < end_ms)
-            if datasets is not None:
-                base = base.where(E.dataset_id.in_(sorted(datasets)))
-            if start_event:
-                anchor = s.execute(base.where(E.event_id == start_event).order_by(E.id).limit(1)).scalar_one_or_none()
-                if anchor is None:
-                    return EventPage()
-                if descending:
-                    base = base.where(or_(E.ts_ms < anchor.ts_ms, and_(E.ts_ms == anchor.ts_ms, E.id <= anchor.id)))
+    def _groups(self, s: Session, sandbox_id: str, pkeys: list[str], datasets: set[str] | None) -> list[_Group]:
+        out = []
+        for chunk in _chunks(pkeys):
+            sql = (
+                "SELECT g.load_id, l.dataset_id, l.ingest_ms, l.lake_prefix, g.n, g.ts_min, g.ts_max, g.part, g.row0, g.body"
+                f" FROM {_by_pkey('aep_event_groups', '*', len(chunk), s.bind.dialect.name == 'sqlite')} g CROSS JOIN aep_store_loads l"
+                " WHERE l.id = g.load_id AND l.sandbox_id = ? AND l.visible"
+            )
+            out += [_Group(*r) for r in self._rows(s, sql, (*chunk, sandbox_id)) if datasets is None or r[1] in datasets]
+        return out
+
+    def _read_groups(self, groups: list[_Group], full: list[bool]) -> list[list[EventRow | tuple]]:
+        """The events of each group: EventRows where `full`, else (dataset, _id, seq) only."""
+        out: list[list] = [[] for _ in groups]
+        by_key: dict[tuple[str, bool], list[int]] = {}
+        for i, g in enumerate(groups):
+            if g.part is None:  # inline (migrated) events
+                for j, (eid, ts, doc) in enumerate(json.loads(g.body or "[]")):
+                    seq = (g.load_id, -1, g.row0 + j)
+                    out[i].append(EventRow(str(eid), int(ts), dumps(doc), g.ingest_ms, g.dataset_id, seq) if full[i] else (g.dataset_id, str(eid), seq))
+            else:
+                by_key.setdefault((part_key(g.lake_prefix, g.part), full[i]), []).append(i)
+        for (key, whole), idx in by_key.items():
+            tables = self.lake.read_ranges(key, [(groups[i].row0, groups[i].n) for i in idx], None if whole else ["_id", "xdm_json"])
+            for i, t in zip(idx, tables):
+                g = groups[i]
+                ids, ts, docs = _table_events(t)
+                if whole:
+                    out[i] = [EventRow(ids[j], ts[j], dumps(docs[j]), g.ingest_ms, g.dataset_id, (g.load_id, g.part, g.row0 + j)) for j in range(len(ids))]
                 else:
-                    base = base.where(or_(E.ts_ms > anchor.ts_ms, and_(E.ts_ms == anchor.ts_ms, E.id >= anchor.id)))
-            order = (E.ts_ms.desc(), E.id.desc()) if descending else (E.ts_ms, E.id)
-            rows = list(s.execute(base.order_by(*order).limit(limit + 1)).scalars())
-        page = EventPage(rows[:limit], rows[limit].event_id if len(rows) > limit else "")
-        return page
+                    out[i] = [(g.dataset_id, ids[j], (g.load_id, g.part, g.row0 + j)) for j in range(len(ids))]
+        return out
+
+    def events(self, sandbox_id: str, pkeys: list[str], *, start_ms: int | None, end_ms: int | None, limit: int, descending: bool, start_event: str | None, datasets: set[str] | None = None, where: Any = None) -> EventPage:
+        """A page of a profile's events, ordered by time (then ingestion order). Events are
+        de-duplicated here, by (dataset, `_id`): the first ingested copy is the event. Groups wholly
+        outside the time window are read for their `_id`s only (a copy there still hides one inside).
+        `where`: a predicate on the event document (property filters), applied before paging."""
+        with read_session(self.db) as s:
+            groups = self._groups(s, sandbox_id, pkeys[:MAX_GRAPH_IDENTITIES], datasets)
+        lo = start_ms if start_ms is not None else -(2**63)
+        hi = end_ms if end_ms is not None else 2**63
+        inside = [g.ts_max >= lo and g.ts_min < hi for g in groups]
+        read = self._read_groups(groups, inside)
+        first: dict[tuple[str, str], tuple] = {}
+        rows: list[EventRow] = []
+        for g_rows, whole in zip(read, inside):
+            for r in g_rows:
+                key, seq = ((r.dataset_id, r.event_id), r.seq) if whole else ((r[0], r[1]), r[2])
+                if key not in first or seq < first[key]:
+                    first[key] = seq
+                if whole and lo <= r.ts_ms < hi:
+                    rows.append(r)
+        rows = [r for r in rows if first[(r.dataset_id, r.event_id)] == r.seq]
+        if where is not None:
+            rows = [r for r in rows if where(json.loads(r.doc))]
+        rows.sort(key=lambda r: (r.ts_ms, r.seq), reverse=descending)
+        if start_event:
+            at = next((i for i, r in enumerate(rows) if r.event_id == start_event), None)
+            if at is None:
+                return EventPage()
+            rows = rows[at:]
+        return EventPage(rows[:limit], rows[limit].event_id if len(rows) > limit else "")
 
     def counts(self, sandbox_id: str) -> dict[str, int]:
+        """Sizes of a sandbox's store (diagnostics and tests): events are counted de-duplicated,
+        which reads their `_id`s from the lake."""
         with self.db.session() as s:
-            return {
+            out = {
                 "identities": s.execute(select(func.count()).select_from(Identity).where(Identity.sandbox_id == sandbox_id)).scalar_one(),
                 "graphs": s.execute(select(func.count(func.distinct(Identity.xid))).where(Identity.sandbox_id == sandbox_id)).scalar_one(),
-                "fragments": s.execute(select(func.count()).select_from(ProfileFragment).join(Batch, _visible(ProfileFragment)).where(ProfileFragment.sandbox_id == sandbox_id)).scalar_one(),
-                "events": s.execute(select(func.count()).select_from(ProfileEvent).join(Batch, _visible(ProfileEvent)).where(ProfileEvent.sandbox_id == sandbox_id)).scalar_one(),
+                "fragments": s.execute(select(func.count()).select_from(ProfileFragment).join(StoreLoad, StoreLoad.id == ProfileFragment.load_id).where(StoreLoad.sandbox_id == sandbox_id, StoreLoad.visible.is_(True))).scalar_one(),
             }
+            rows = self._rows(s, "SELECT g.load_id, l.dataset_id, l.ingest_ms, l.lake_prefix, g.n, g.ts_min, g.ts_max, g.part, g.row0, g.body FROM aep_event_groups g JOIN aep_store_loads l ON l.id = g.load_id WHERE l.sandbox_id = ? AND l.visible", (sandbox_id,))
+        groups = [_Group(*r) for r in rows]
+        seen = {(r[0], r[1]) for g_rows in self._read_groups(groups, [False] * len(groups)) for r in g_rows}
+        out["events"] = len(seen)
+        return out
 
     def datasets(self, sandbox_id: str) -> dict[str, Dataset]:
         with read_session(self.db) as s:

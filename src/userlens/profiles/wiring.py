@@ -12,7 +12,7 @@ def build_aep(db, store, queue, registry, internal_bucket: str) -> dict:
     from userlens.profiles.merge import MergePolicyService
     from userlens.profiles.store import ProfileStore
 
-    profile_store = ProfileStore(db)
+    profile_store = ProfileStore(db, store, internal_bucket)
     merge_policies = MergePolicyService(db)
     ingest = IngestService(db, store, queue, internal_bucket, profile_store)
     ingest.register_jobs(registry)

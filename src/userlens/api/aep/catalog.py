@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
@@ -94,6 +95,20 @@ def get_dataset(dataset_id: str, request: Request, t: Tenant = Depends(tenant)):
     ds = services(request).catalog.get_dataset(t, dataset_id)
     props = parse_listing(dict(request.query_params))[3]
     return {ds.id: _pick(dataset_body(ds), props)}
+
+
+@router.put("/dataSets/{dataset_id}", summary="Replace a dataset's fields")
+async def put_dataset(dataset_id: str, request: Request, t: Tenant = Depends(tenant)):
+    body = await json_body(request)
+    await anyio.to_thread.run_sync(services(request).catalog.update_dataset, t, dataset_id, body, True)
+    return [f"@/dataSets/{dataset_id}"]
+
+
+@router.patch("/dataSets/{dataset_id}", summary="Change some of a dataset's fields")
+async def patch_dataset(dataset_id: str, request: Request, t: Tenant = Depends(tenant)):
+    body = await json_body(request)
+    await anyio.to_thread.run_sync(services(request).catalog.update_dataset, t, dataset_id, body, False)
+    return [f"@/dataSets/{dataset_id}"]
 
 
 @router.delete("/dataSets/{dataset_id}", summary="Delete a dataset, its batches and its profile data")

@@ -8,12 +8,12 @@ from urllib.parse import urlencode
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from userlens.api.aep.common import access_error, services, tenant
 from userlens.errors import NotFound
 from userlens.orgs.service import Tenant
-from userlens.profiles.access import TooManyIdentities, rfc3339, select_fields
+from userlens.profiles.access import MAX_PROPERTY_FILTERS, PropertyFilter, TooManyIdentities, rfc3339, select_fields
 from userlens.profiles.store import shared_read
 from userlens.profiles.xdm import EVENT_SCHEMA_NAME, PROFILE_SCHEMA_NAME, native_xid
 
@@ -48,13 +48,26 @@ def _int(value, name: str, default=None):
         raise access_error(400, f"{name} must be an integer") from None
 
 
-def _events(request: Request, t: Tenant, r, *, start_ms, end_ms, limit, orderby, start, fields):
+def _property_filters(values: list[str]):
+    """The `property=` event filters (at most 3) as one predicate on the event, or None."""
+    if not values:
+        return None
+    if len(values) > MAX_PROPERTY_FILTERS:
+        raise access_error(400, f"at most {MAX_PROPERTY_FILTERS} property filters")
+    try:
+        filters = [PropertyFilter.parse(v) for v in values]
+    except ValueError as exc:
+        raise access_error(400, str(exc)) from None
+    return lambda doc: all(f.matches(doc) for f in filters)
+
+
+def _events(request: Request, t: Tenant, r, *, start_ms, end_ms, limit, orderby, start, fields, where=None):
     if not 1 <= limit <= MAX_EVENTS:
         raise access_error(400, f"limit must be between 1 and {MAX_EVENTS}")
     if orderby.lstrip("+-") != "timestamp":
         raise access_error(400, "orderby must be timestamp, +timestamp or -timestamp")
     store = services(request).profile_store
-    page = store.events(t.sandbox_id, r.pkeys, start_ms=start_ms, end_ms=end_ms, limit=limit, descending=orderby.startswith("-"), start_event=start)
+    page = store.events(t.sandbox_id, r.pkeys, start_ms=start_ms, end_ms=end_ms, limit=limit, descending=orderby.startswith("-"), start_event=start, where=where)
     children = [
         {"relatedEntityId": r.xid, "entityId": e.event_id, "timestamp": e.ts_ms, "entity": select_fields(json.loads(e.doc), fields), "lastModifiedAt": rfc3339(e.ingest_ms)}
         for e in page.rows
@@ -86,14 +99,33 @@ def _get_entities(request: Request, t: Tenant):
         orderby = q.get("orderby", "timestamp").replace(" ", "+")
         if r is None:
             return {"_page": {"orderby": orderby, "start": "", "count": 0, "next": ""}, "children": [], "_links": {"next": {"href": ""}}}
-        out = _events(request, t, r, start_ms=_int(q.get("startTime"), "startTime"), end_ms=_int(q.get("endTime"), "endTime"), limit=limit, orderby=orderby, start=q.get("start"), fields=fields)
+        where = _property_filters(q.getlist("property"))
+        out = _events(request, t, r, start_ms=_int(q.get("startTime"), "startTime"), end_ms=_int(q.get("endTime"), "endTime"), limit=limit, orderby=orderby, start=q.get("start"), fields=fields, where=where)
         nxt = ""
         if out["_page"]["next"]:
-            params = {k: v for k, v in q.items() if k != "start"}
-            nxt = "/entities?" + urlencode({"start": out["_page"]["next"], **params})
+            params = [(k, v) for k, v in q.multi_items() if k != "start"]
+            nxt = "/entities?" + urlencode([("start", out["_page"]["next"]), *params])
         out["_links"] = {"next": {"href": nxt}}
         return out
     raise access_error(400, f"schema.name is required: {PROFILE_SCHEMA_NAME} or {EVENT_SCHEMA_NAME}")
+
+
+@router.delete("/entities", status_code=202, summary="Delete a profile from the profile store")
+def delete_entity(request: Request, t: Tenant = Depends(tenant)):
+    """§10.3: the profile the identity resolves to under the merge policy (its whole graph with
+    identityGraph pdg, the one identity with none) leaves the profile store: its record fragments,
+    its events and its identity links. The batches' files stay in the data lake. Done at once; 202
+    as AEP answers."""
+    q = request.query_params
+    if q.get("schema.name") != PROFILE_SCHEMA_NAME:
+        raise access_error(400, f"schema.name must be {PROFILE_SCHEMA_NAME}")
+    svc = services(request)
+    with shared_read(svc.db):
+        r = _resolve(request, t, q.get("entityId"), q.get("entityIdNS"), q.get("mergePolicyId"))
+    removed = svc.profile_store.delete_entity(t.sandbox_id, r.pkeys) if r else 0
+    if not removed:
+        raise access_error(404, f"The entity {q.get('entityId')} is not found.")
+    return Response(status_code=202)
 
 
 @router.post("/entities", summary="Several profiles, or the events of several profiles")

@@ -38,7 +38,7 @@ async def upload(batch_id: str, dataset_id: str, path: str, request: Request, t:
     return Response(status_code=201 if created else 200)
 
 
-@router.post("/batches/{batch_id}", summary="Signal COMPLETE or ABORT")
+@router.post("/batches/{batch_id}", summary="Signal COMPLETE, ABORT or REVERT")
 def batch_action(batch_id: str, request: Request, t: Tenant = Depends(tenant)):
     action = (request.query_params.get("action") or "").upper()
     ingest = services(request).ingest
@@ -46,6 +46,8 @@ def batch_action(batch_id: str, request: Request, t: Tenant = Depends(tenant)):
         ingest.complete(t, batch_id)
     elif action == "ABORT":
         ingest.abort(t, batch_id)
+    elif action == "REVERT":
+        ingest.revert(t, batch_id)
     else:
-        raise foundation_error(400, "action must be COMPLETE or ABORT")
+        raise foundation_error(400, "action must be COMPLETE, ABORT or REVERT")
     return Response(status_code=200)
