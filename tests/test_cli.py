@@ -79,6 +79,13 @@ def test_readme_walkthrough(served):
     assert final["status"] == "completed" and final["user_count"] == 3000 and final["token_count"] > 0
     page = json.loads(call(env, "GET", "/api/v1/features?index=0&limit=1").stdout)
     assert page["total"] == 1 and page["features"][0]["feature_id"] == first["feature_id"]
+    # The README's next steps: a Task on the sample's answers, then a Run, each with --wait.
+    out = call(env, "POST", "/api/v1/tasks", "--wait", "-d", json.dumps({"name": "runners", "train_feature_id": first["feature_id"], "train_bucket": "sample", "train_file_path": "answers/running.csv"})).stdout
+    task, task_final = [json.loads(x) for x in out.replace("}\n{", "}\x00{").split("\x00")]
+    assert task_final["task_id"] == task["task_id"] and task_final["status"] == "completed" and task_final["performance"]["auc"] > 0.9
+    out = call(env, "POST", "/api/v1/task-runs", "--wait", "-d", json.dumps({"name": "score-all", "task_id": task["task_id"], "feature_id": first["feature_id"], "result_bucket": "sample", "result_file_path": "results/"})).stdout
+    run_final = json.loads(out.replace("}\n{", "}\x00{").split("\x00")[1])
+    assert run_final["status"] == "completed" and run_final["line_count"] == 3000
     dup = call(env, "POST", "/api/v1/features", "-d", json.dumps({"name": "my-first-feature", "source_bucket": "sample", "source_file_path": "sequences/users.csv"}), check=False)
     assert dup.returncode == 1 and json.loads(dup.stderr)["code"] == 10102
     assert httpx.get(f"{base}/docs").status_code == 200

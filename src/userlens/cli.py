@@ -236,7 +236,8 @@ def call(
         result = client.request(method.upper(), parts.path, params, json.loads(data) if data else None)
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
         if wait and method.upper() == "POST" and isinstance(result, dict):
-            rid = next((v for k, v in result.items() if k.endswith("_id") and k != "task_id"), None)
+            # The first *_id of a creation answer is the new resource's (a profile's also names its task_id).
+            rid = next((v for k, v in result.items() if k.endswith("_id")), None)
             if rid:
                 final = client.wait(f"{parts.path.rstrip('/')}/{rid}")
                 typer.echo(json.dumps(final, indent=2, ensure_ascii=False))
