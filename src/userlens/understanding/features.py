@@ -15,7 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from userlens.errors import InvalidParameter
-from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome, TransientJobError
+from userlens.jobs.engine import JobContext, JobFailure, Outcome, TransientJobError
 from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import sequences, vectors
 from userlens.understanding.model_registry import available_models, get_model
@@ -26,13 +26,10 @@ from userlens.understanding.validation import check_name, check_path_characters,
 JOB_KIND = "nclue.feature"
 
 
-def feature_root(account_id: str, feature_id: str) -> str:
-    return f"nclue/{account_id}/features/{feature_id}"
-
-
 class FeatureService(ResourceService):
     model = Feature
     kind = JOB_KIND
+    storage_folder = "features"
     label = "Feature"
 
     # -- create --------------------------------------------------------------------------------
@@ -57,20 +54,7 @@ class FeatureService(ResourceService):
             s.refresh(feature)
             return feature
 
-    def remove_outputs(self, account_id: str, row_id: str) -> None:
-        try:
-            self.deps.store.delete_prefix(self.deps.internal_bucket, feature_root(account_id, row_id))
-        except ObjectStoreError:
-            pass
-
     # -- the job -------------------------------------------------------------------------------
-    def register_jobs(self, registry: JobRegistry) -> None:
-        registry.register(JOB_KIND, self.run_job, on_abort=self._abort)
-
-    def _abort(self, ctx: JobContext) -> None:
-        p = ctx.payload
-        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{feature_root(p['account_id'], p['id'])}/{ctx.attempt_tag}")
-
     def run_job(self, ctx: JobContext) -> Outcome:
         d = self.deps
         account_id, feature_id = ctx.payload["account_id"], ctx.payload["id"]
@@ -81,7 +65,7 @@ class FeatureService(ResourceService):
             bucket, path, model_name = feature.source_bucket, feature.source_file_path, feature.model_name
             used = account_storage_used(s, account_id)
         encoder = get_model(model_name)
-        root = feature_root(account_id, feature_id)
+        root = self.output_root(account_id, feature_id)
         prefix = f"{root}/{ctx.attempt_tag}"
         self._remove_stale_attempts(root, keep=ctx.attempt_tag)
 

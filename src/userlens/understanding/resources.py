@@ -2,7 +2,9 @@
 the dependency rules, and the account's share of internal storage.
 
 A resource model has `id`, `account_id`, `name`, `job_id`, `job` (joined) and `created_at`.
-Subclasses set `model`, `kind` and `label`, and override `remove_outputs` if they store data.
+Subclasses set `model`, `kind` and `label`, define `run_job`, and set `storage_folder` if their job
+stores internal data: it then lives under `nclue/{account}/{storage_folder}/{id}/{attempt}/`, a lost
+attempt's folder is removed when the attempt ends, and the whole folder when the resource is deleted.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from userlens.errors import Conflict, DomainError, NotFound
-from userlens.jobs.engine import JobQueue
+from userlens.jobs.engine import JobContext, JobQueue, JobRegistry
 from userlens.jobs.models import Job, JobStatus
-from userlens.storage.objectstore import ObjectStore
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 
 RUNNING = (JobStatus.PENDING.value, JobStatus.IN_PROGRESS.value)
 ACTIVE = (JobStatus.REGISTERED.value, *RUNNING)
@@ -127,8 +129,28 @@ class ResourceService:
         self.remove_outputs(account_id, row_id)
         return row_id
 
+    storage_folder: str | None = None
+
+    def output_root(self, account_id: str, row_id: str) -> str:
+        """The folder of a resource's internal data (one sub-folder per job attempt)."""
+        return f"nclue/{account_id}/{self.storage_folder}/{row_id}"
+
+    def register_jobs(self, registry: JobRegistry) -> None:
+        registry.register(self.kind, self.run_job, on_abort=self.discard_attempt if self.storage_folder else None)
+
+    def discard_attempt(self, ctx: JobContext) -> None:
+        """What an attempt that did not complete wrote (readers never saw it)."""
+        root = self.output_root(ctx.payload["account_id"], ctx.payload["id"])
+        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{root}/{ctx.attempt_tag}")
+
     def remove_outputs(self, account_id: str, row_id: str) -> None:
-        """Internal data of a deleted resource (none by default)."""
+        """Internal data of a deleted resource."""
+        if self.storage_folder is None:
+            return
+        try:
+            self.deps.store.delete_prefix(self.deps.internal_bucket, self.output_root(account_id, row_id))
+        except ObjectStoreError:
+            pass  # orphans are reported by `userlens fsck`, never a resource pointing at missing data
 
 
 def account_storage_used(s: Session, account_id: str) -> int:

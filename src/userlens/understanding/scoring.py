@@ -10,7 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from userlens.errors import DomainError
-from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome
+from userlens.jobs.engine import JobContext, JobFailure, Outcome
 from userlens.storage.objectstore import InvalidObjectPath, ObjectStoreError, check_bucket
 from userlens.understanding import outputs, vectors
 from userlens.understanding.models import Feature
@@ -52,9 +52,6 @@ class ScoreFileService(ResourceService):
         s.flush()
         s.refresh(row)
         return row
-
-    def register_jobs(self, registry: JobRegistry) -> None:
-        registry.register(self.kind, self.run_job)
 
     def scorer(self, row, feature: Feature) -> Callable[[np.ndarray], np.ndarray]:
         """The function from a block of user vectors to their scores."""

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from userlens.errors import Conflict
-from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome, TransientJobError
+from userlens.jobs.engine import JobContext, JobFailure, Outcome, TransientJobError
 from userlens.jobs.models import JobStatus
 from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import intent_report
@@ -30,13 +30,10 @@ from userlens.understanding.validation import check_name
 JOB_KIND = "nclue.shopping_intent"
 
 
-def intent_root(account_id: str, profile_id: str) -> str:
-    return f"nclue/{account_id}/shopping-intents/{profile_id}"
-
-
 class ShoppingIntentService(ResourceService):
     model = ShoppingIntent
     kind = JOB_KIND
+    storage_folder = "shopping-intents"
     label = "Shopping Intent profile"
 
     def __init__(self, deps, tasks: TaskService, panels: PanelService):
@@ -78,20 +75,7 @@ class ShoppingIntentService(ResourceService):
         except FileNotFoundError as exc:
             raise Conflict(f"the result of shopping intent profile {profile_id} is missing from storage") from exc
 
-    def remove_outputs(self, account_id: str, row_id: str) -> None:
-        try:
-            self.deps.store.delete_prefix(self.deps.internal_bucket, intent_root(account_id, row_id))
-        except ObjectStoreError:
-            pass
-
     # -- the job -------------------------------------------------------------------------------
-    def register_jobs(self, registry: JobRegistry) -> None:
-        registry.register(JOB_KIND, self.run_job, on_abort=self._abort)
-
-    def _abort(self, ctx: JobContext) -> None:
-        p = ctx.payload
-        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{intent_root(p['account_id'], p['id'])}/{ctx.attempt_tag}")
-
     def _score_panel(self, panel: ReferencePanel, predict, ctx: JobContext) -> intent_report.PanelScores:
         """Every panel user's score and attribute codes, streamed one panel part at a time."""
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("scores", "gender", "age_group", "interest_counts", "interest_codes")}
@@ -123,7 +107,7 @@ class ShoppingIntentService(ResourceService):
             raise JobFailure("COMMON_ERROR", f"reference panel {row.panel_name!r} is no longer available")
         # Nothing under the profile's folder is published yet: a dead attempt's file goes.
         try:
-            d.store.delete_prefix(d.internal_bucket, intent_root(account_id, profile_id))
+            d.store.delete_prefix(d.internal_bucket, self.output_root(account_id, profile_id))
         except ObjectStoreError as exc:
             raise TransientJobError("OBS_UPLOAD_FAILED", str(exc)) from exc
         ctx.progress(0.02, "loading the Task model")
@@ -135,7 +119,7 @@ class ShoppingIntentService(ResourceService):
         tsv = intent_report.render_tsv(report)
         if used + len(tsv) > d.quota_bytes:
             raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used)")
-        key = f"{intent_root(account_id, profile_id)}/{ctx.attempt_tag}/{profile_id}.tsv"
+        key = f"{self.output_root(account_id, profile_id)}/{ctx.attempt_tag}/{profile_id}.tsv"
         try:
             d.store.write_bytes(d.internal_bucket, key, tsv)
             disk_usage = d.store.size(d.internal_bucket, key)

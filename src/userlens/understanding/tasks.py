@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from userlens.errors import DomainError
-from userlens.jobs.engine import JobContext, JobFailure, JobRegistry, Outcome, TransientJobError
+from userlens.jobs.engine import JobContext, JobFailure, Outcome, TransientJobError
 from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import answers, classifier, vectors
 from userlens.understanding.features import FeatureService
@@ -34,9 +34,6 @@ TEST_SHARE = 0.2
 SEED = 42
 
 
-def task_root(account_id: str, task_id: str) -> str:
-    return f"nclue/{account_id}/tasks/{task_id}"
-
 
 def load_classifier(store, bucket: str, key: str) -> classifier.Classifier:
     try:
@@ -48,6 +45,7 @@ def load_classifier(store, bucket: str, key: str) -> classifier.Classifier:
 class TaskService(ResourceService):
     model = Task
     kind = JOB_KIND
+    storage_folder = "tasks"
     label = "Task"
 
     def __init__(self, deps, features: FeatureService):
@@ -93,19 +91,7 @@ class TaskService(ResourceService):
             s.refresh(task)
             return task
 
-    def remove_outputs(self, account_id: str, row_id: str) -> None:
-        try:
-            self.deps.store.delete_prefix(self.deps.internal_bucket, task_root(account_id, row_id))
-        except ObjectStoreError:
-            pass
-
     # -- the job -------------------------------------------------------------------------------
-    def register_jobs(self, registry: JobRegistry) -> None:
-        registry.register(JOB_KIND, self.run_job, on_abort=self._abort)
-
-    def _abort(self, ctx: JobContext) -> None:
-        self.deps.store.delete_prefix(self.deps.internal_bucket, f"{task_root(ctx.payload['account_id'], ctx.payload['id'])}/{ctx.attempt_tag}")
-
     def _join(self, feature: Feature, labels: dict[str, int], ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and labels of the labelled users found in the Feature (first vector of a user)."""
         rows: list[np.ndarray] = []
@@ -169,7 +155,7 @@ class TaskService(ResourceService):
             train_positive_count=int(y_train.sum()), test_positive_count=int(y_test.sum()),
             split=split, model=selection["chosen"], validation=selection["candidates"], selection=selection["selection"],
         )
-        key = f"{task_root(account_id, task_id)}/{ctx.attempt_tag}/model.npz"
+        key = f"{self.output_root(account_id, task_id)}/{ctx.attempt_tag}/model.npz"
         data = clf.to_bytes()
         if used + len(data) > d.quota_bytes:
             raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used)")
