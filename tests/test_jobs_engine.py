@@ -238,17 +238,36 @@ def test_two_workers_racing_never_run_a_job_twice(database):
 
 def test_workers_share_the_cores_for_blas():
     """Two jobs each running BLAS on every core would oversubscribe them (see limit_blas_threads)."""
-    import os
-
+    import numpy  # noqa: F401 - loads the BLAS library that the limit applies to
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from userlens.jobs.worker import limit_blas_threads
 
     before = threadpool_info()
     try:
-        cores = os.cpu_count() or 1
-        assert limit_blas_threads(cores) == 1
+        assert limit_blas_threads(2, cores=2) == 1
         assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
-        assert limit_blas_threads(1) == cores
+        assert limit_blas_threads(1, cores=2) == 2
     finally:
         threadpool_limits({p["prefix"]: p["num_threads"] for p in before})
+
+
+def test_running_jobs_split_the_cores(database):
+    """A lone job may keep every core busy, two running jobs one each; a job sees the share through
+    its context."""
+    from userlens.jobs.worker import CORES, CoreShare
+
+    share = CoreShare(cores=2)
+    share.job_started()
+    assert share.share() == 2
+    share.job_started()
+    assert share.share() == 1
+    share.job_ended()
+    assert share.share() == 2
+    share.job_ended()
+    assert share.running == 0 and CoreShare(cores=5).share() == 5
+
+    seen = []
+    run_with(database, lambda ctx: seen.append((ctx.cores(), max(1, CORES.cores // CORES.running), CORES.running)) or Outcome())
+    (given, expected, running), = seen
+    assert running >= 1 and given == expected

@@ -80,3 +80,58 @@ def test_folded_standardisation_predicts_like_the_textbook_formula(kind):
     W, b = clf.layers[-1]
     expected = 1 / (1 + np.exp(-(z @ W + b).reshape(-1)))
     assert np.allclose(clf.predict_proba(X), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_a_block_of_quantised_vectors_scores_like_its_decoded_matrix(store, kind):
+    """predict_block applies each user's scale after the first layer; that must change nothing."""
+    v = unit_rows(600, 32, seed=4)
+    y = (v[:, 0] - v[:, 1] > 0).astype(int)
+    clf, _ = classifier.train(v, y, (kind,))
+    vectors.write_part(store, "internal", "f/part-00000.parquet", [f"u{i}" for i in range(600)], v)
+    block = next(vectors.iter_blocks(store, "internal", "f"))
+    assert np.allclose(clf.predict_block(block), clf.predict_proba(block.matrix()), atol=1e-5)
+    assert abs(float(np.corrcoef(clf.predict_block(block), clf.predict_proba(v))[0, 1]) - 1) < 1e-3
+
+
+def test_large_tasks_keep_the_best_mlp_epoch_and_report_the_holdout():
+    """Past CV_ROWS the MLP trains once on the non-holdout rows and keeps its best epoch."""
+    rng = np.random.default_rng(5)
+    n = classifier.CV_ROWS + 2_000
+    X = rng.standard_normal((n, 24)).astype(np.float32)
+    y = ((X[:, 0] * X[:, 1] > 0) ^ (X[:, 2] > 1.5)).astype(int)  # not linearly separable
+    clf, selection = classifier.train(X, y)
+    mlp = next(c for c in selection["candidates"] if c["model"] == "mlp")
+    logreg = [c for c in selection["candidates"] if c["model"] == "logreg"]
+    assert clf.kind == "mlp" and selection["chosen"]["model"] == "mlp"
+    assert mlp["validation_auc"] > max(c["validation_auc"] for c in logreg) + 0.2
+    assert 1 <= mlp["epochs"] <= classifier.MLP_MAX_EPOCHS
+    assert f"holdout of {classifier.VALIDATION_ROWS} rows" in selection["selection"]
+    X_new = rng.standard_normal((2_000, 24)).astype(np.float32)
+    y_new = ((X_new[:, 0] * X_new[:, 1] > 0) ^ (X_new[:, 2] > 1.5)).astype(int)
+    assert classifier.evaluate(clf, X_new, y_new)["auc"] > 0.9
+
+
+def test_blocks_scored_on_several_threads_come_back_in_order_with_their_scores(store):
+    from types import SimpleNamespace
+
+    from userlens.understanding.scoring import score_batches
+
+    for p in range(5):
+        vectors.write_part(store, "internal", f"f/part-{p:05d}.parquet", [f"p{p}u{i}" for i in range(7)], unit_rows(7, 8, seed=p))
+    deps = SimpleNamespace(store=store, internal_bucket="internal")
+    feature = SimpleNamespace(vectors_prefix="f", user_count=35)
+    progress = []
+    ctx = SimpleNamespace(cores=lambda: 3, check=lambda: None, progress=lambda f, m=None: progress.append(f))
+
+    def score(block):  # blocks finish out of order: later ones are quicker
+        import time
+
+        time.sleep(0.02 * (5 - int(block.user_ids[0][1])))
+        return block.matrix()[:, 0]
+
+    got = list(score_batches(deps, feature, score, ctx))
+    assert [ids[0] for ids, _ in got] == [f"p{p}u0" for p in range(5)]
+    for p, (ids, scores) in enumerate(got):
+        assert np.allclose(scores, unit_rows(7, 8, seed=p)[:, 0], atol=0.01)
+    assert progress == sorted(progress) and progress[-1] == pytest.approx(0.99)

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
 
     # Job engine
     workers: int = Field(2, description="In-process worker threads started by `userlens serve` (0: none).")
+    worker_cores: int | None = Field(None, description="Cores this process's jobs share (default: all; set it when several worker processes share a machine).")
     lease_seconds: float = 30.0
     poll_interval: float = 0.2
     max_attempts: int = 3

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from userlens.accounts.service import AccountService, load_master_key
 from userlens.config import Settings
 from userlens.jobs.engine import JobQueue, JobRegistry
-from userlens.jobs.worker import Worker
+from userlens.jobs.worker import CORES, Worker
 from userlens.profiles.wiring import build_aep
 from userlens.storage.db import Database
 from userlens.storage.objectstore import ObjectStore, make_object_store
@@ -45,6 +45,8 @@ class Services:
     profile_access: object = None
 
     def make_worker(self, threads: int | None = None) -> Worker:
+        if self.settings.worker_cores:
+            CORES.cores = self.settings.worker_cores
         return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval)
 
     def close(self) -> None:

@@ -88,6 +88,7 @@ class JobContext:
     queue: "JobQueue"
     worker_id: str
     services: Any = None  # the domain's service bundle (object store, settings, ...)
+    cores: Callable[[], int] = lambda: 1  # how many cores the job may keep busy now (worker.CoreShare)
     _lost: threading.Event = field(default_factory=threading.Event)
     _cancel: threading.Event = field(default_factory=threading.Event)
     _progress: tuple[float | None, str | None] = (None, None)

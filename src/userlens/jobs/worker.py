@@ -59,18 +59,50 @@ class Heartbeat(threading.Thread):
             self.ctx._cancel.set()
 
 
-def limit_blas_threads(job_threads: int) -> int:
+def limit_blas_threads(job_threads: int, cores: int | None = None) -> int:
     """Gives each job thread an equal share of the cores for BLAS (NumPy, scikit-learn) and returns it.
 
     OpenBLAS threads spin while they wait: with more BLAS threads than cores (two jobs each using
     every core, or another process busy) they slow each other by several times. Measured on this
-    2-core machine under load: an MLP fit of a Task took 200 s with 2 BLAS threads, 84 s with 1.
+    2-core machine under load: an MLP fit of a Task took 200 s with 2 BLAS threads, 84 s with 1, and
+    one epoch of it 4.3 s with 2 threads against 1.5 s with 1 while other processes were busy. So
+    the BLAS share stays fixed; a job that can use more cores does so with its own threads (CoreShare).
     The limit is process-wide, so a process's workers share it."""
     from threadpoolctl import threadpool_limits
 
-    share = max(1, (os.cpu_count() or 1) // max(1, job_threads))
+    share = max(1, (cores or os.cpu_count() or 1) // max(1, job_threads))
     threadpool_limits(share, user_api="blas")
     return share
+
+
+class CoreShare:
+    """How many cores a job of this process may keep busy now: the cores split evenly among the
+    running jobs (a lone job gets all of them, two jobs one each on two cores).
+
+    Jobs whose work splits into independent blocks (scoring a Feature) run that many blocks at
+    once on their own threads, each block single-threaded in BLAS: unlike OpenBLAS's spinning
+    threads, ordinary threads lose nothing when a job that starts later shares the cores. `cores`
+    (setting `worker_cores`) is what this process may use: set it when several worker processes
+    share one machine. One instance per process, since every worker of the process shares the cores."""
+
+    def __init__(self, cores: int | None = None):
+        self.cores = max(1, cores or os.cpu_count() or 1)
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def job_started(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def job_ended(self) -> None:
+        with self._lock:
+            self.running = max(0, self.running - 1)
+
+    def share(self) -> int:
+        return max(1, self.cores // max(1, self.running))
+
+
+CORES = CoreShare()
 
 
 class Worker:
@@ -84,7 +116,7 @@ class Worker:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        limit_blas_threads(self.threads)
+        limit_blas_threads(self.threads, CORES.cores)
         for i in range(self.threads):
             t = threading.Thread(target=self._loop, args=(f"{self.worker_id}/{i}",), daemon=True, name=f"worker-{i}")
             t.start()
@@ -126,9 +158,10 @@ class Worker:
 
     def _run(self, job: Job, slot_id: str) -> None:
         kind = self.registry.kinds[job.kind]
-        ctx = JobContext(job.id, job.kind, job.scope, dict(job.payload or {}), job.attempts, job.checkpoint, self.queue, slot_id, self.services)
+        ctx = JobContext(job.id, job.kind, job.scope, dict(job.payload or {}), job.attempts, job.checkpoint, self.queue, slot_id, self.services, cores=CORES.share)
         hb = Heartbeat(self.queue, ctx)
         hb.start()
+        CORES.job_started()
         started = time.monotonic()
         log.info("job %s (%s) attempt %d started", job.id, job.kind, job.attempts)
         ending = "failed"
@@ -160,6 +193,7 @@ class Worker:
             self.queue.fail(job.id, slot_id, COMMON_ERROR, f"{type(exc).__name__}: {exc}", kind.on_fail)
             ending = f"failed {COMMON_ERROR}"
         finally:
+            CORES.job_ended()
             hb.stop_event.set()
             hb.join(5)
         if ending != "completed" and kind.on_abort is not None:

@@ -2,28 +2,46 @@
 
 Candidates: L2-regularised logistic regression (C from 1e-4 to 10: vectors have hundreds of
 dimensions and labelled users may be few, so strong regularisation must be on the menu) and a
-one-hidden-layer MLP (128 ReLU units, early stopping), all on standardised vectors. Each is scored
-by validation AUC: stratified 3-fold cross-validation when there are at most CV_ROWS training rows
-(a single small holdout is too noisy to choose by), otherwise one stratified 80/20 holdout of at
-most SELECTION_ROWS rows. The best is refitted on every training row. Seeds are fixed (42), so the
-same inputs give the same model.
+one-hidden-layer MLP (128 ReLU units), all on standardised vectors, each scored by validation AUC.
 
-The artifact is plain numbers, not a pickle: standardisation (mean, scale) and dense layers (W, b),
-ReLU between layers and a sigmoid at the end; `predict_proba` is a few NumPy operations.
+*Small Tasks* (at most CV_ROWS training rows): stratified 3-fold cross-validation (a single small
+holdout is too noisy to choose by); the MLP uses scikit-learn's early stopping; the best candidate is
+refitted on every training row.
+
+*Large Tasks*: one stratified holdout of VALIDATION_ROWS rows. The logistic regressions follow the C
+path on at most SELECTION_ROWS of the other rows, each fit warm-started from the previous C; the
+winner is refitted on every row. The MLP is trained once, on every non-holdout row, one epoch at a
+time, and keeps the weights of its best validation-AUC epoch (stopping after MLP_PATIENCE epochs
+without a real gain): no separate selection fit on a sample and no refit. Fitting the MLP on a 32k sample
+to choose it cost as much as the AUC it lost (bench/task_speed.py: 0.746 validation AUC on the
+sample vs 0.834 test AUC when trained on every row), and the refit was half of a Task's time.
+
+Seeds are fixed (42), so the same inputs give the same model. The artifact is plain numbers, not a
+pickle: standardisation (mean, scale) and dense layers (W, b), ReLU between layers and a sigmoid at
+the end; `predict_proba` is a few NumPy operations.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 SEED = 42
-SELECTION_ROWS = 40_000
+_CAST = threading.local()  # per-thread float32 buffer of predict_block
+SELECTION_ROWS = 32_000
+VALIDATION_ROWS = 8_000
 CV_ROWS = 20_000
+MLP_HIDDEN = 128
+MLP_MAX_EPOCHS = 40
+MLP_PATIENCE = 2  # epochs without a validation-AUC gain of at least MLP_MIN_GAIN
+MLP_MIN_GAIN = 1e-3
+MLP_BATCH = 500
+MLP_LEARNING_RATE = 0.002
 LOGREG_C = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
@@ -53,12 +71,38 @@ class Classifier:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         layers = self.folded_layers()
         z = np.asarray(X, dtype=np.float32)
-        for W, b in layers[:-1]:
+        W, b = layers[0]
+        return self._rest(z @ W, b, layers)
+
+    def predict_block(self, block) -> np.ndarray:
+        """Scores of a `vectors.VectorBlock`. Quantised vectors (v = q * scale per user) go through
+        the first layer as q, and the scale is applied to its outputs, (q * s) @ W = s * (q @ W):
+        a pass over hidden-width columns instead of over every dimension. The int8 -> float32 cast
+        goes into a buffer kept per thread, so blocks do not page fresh memory in."""
+        quantized = block.quantized()
+        if quantized is None:
+            return self.predict_proba(block.matrix())
+        q, scale = quantized
+        buf = getattr(_CAST, "buf", None)
+        if buf is None or buf.shape[0] < len(q) or buf.shape[1] != q.shape[1]:
+            buf = _CAST.buf = np.empty((max(len(q), 1), q.shape[1]), dtype=np.float32)
+        x = buf[: len(q)]
+        x[...] = q
+        layers = self.folded_layers()
+        W, b = layers[0]
+        z = x @ W
+        z *= scale[:, None]
+        return self._rest(z, b, layers)
+
+    @staticmethod
+    def _rest(z: np.ndarray, b0: np.ndarray, layers: list) -> np.ndarray:
+        """Adds the first layer's bias to its product `z`, then the other layers and the sigmoid."""
+        z += b0
+        for W, b in layers[1:]:
+            np.maximum(z, 0.0, out=z)
             z = z @ W
             z += b
-            np.maximum(z, 0.0, out=z)
-        W, b = layers[-1]
-        logits = (z @ W + b).reshape(-1)
+        logits = z.reshape(-1)
         return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
 
     def to_bytes(self) -> bytes:
@@ -93,7 +137,7 @@ def _fit(kind: str, param: float, Z: np.ndarray, y: np.ndarray):
         m = LogisticRegression(C=param, max_iter=500, tol=1e-4)
         m.fit(Z, y)
         return [(m.coef_.T.astype(np.float32), m.intercept_.astype(np.float32))]
-    m = MLPClassifier(hidden_layer_sizes=(128,), alpha=param, early_stopping=True, validation_fraction=0.1, n_iter_no_change=5, max_iter=60, random_state=SEED)
+    m = MLPClassifier(hidden_layer_sizes=(MLP_HIDDEN,), alpha=param, early_stopping=True, validation_fraction=0.1, n_iter_no_change=5, max_iter=60, random_state=SEED)
     m.fit(Z, y)
     return [(W.astype(np.float32), b.astype(np.float32)) for W, b in zip(m.coefs_, m.intercepts_)]
 
@@ -115,22 +159,32 @@ def candidate_grid(candidates: tuple[str, ...]) -> list[tuple[str, float]]:
     return grid
 
 
-def train(X: np.ndarray, y: np.ndarray, candidates: tuple[str, ...] = ALL_CANDIDATES) -> tuple[Classifier, dict]:
-    """Chooses the candidate with the best validation AUC and refits it on all rows."""
+def _auc(y: np.ndarray, layers, Z: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, train_test_split
 
+    dim = Z.shape[1]
+    clf = Classifier("eval", np.zeros(dim, np.float32), np.ones(dim, np.float32), layers)
+    return float(roc_auc_score(y, clf.predict_proba(Z)))
+
+
+def _params(kind: str, param: float) -> dict:
+    return {"C": param} if kind == "logreg" else {"hidden": MLP_HIDDEN, "alpha": param}
+
+
+def train(X: np.ndarray, y: np.ndarray, candidates: tuple[str, ...] = ALL_CANDIDATES) -> tuple[Classifier, dict]:
+    """Chooses the candidate with the best validation AUC (see the module's docstring)."""
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
-    if len(y) <= CV_ROWS:
-        folds = list(StratifiedKFold(3, shuffle=True, random_state=SEED).split(X, y))
-        how = "stratified 3-fold cross-validation"
-    else:
-        idx, _ = train_test_split(np.arange(len(y)), train_size=min(SELECTION_ROWS, len(y) - 2), stratify=y, random_state=SEED)
-        fit_idx, val_idx = train_test_split(idx, test_size=0.2, stratify=y[idx], random_state=SEED)
-        folds = [(fit_idx, val_idx)]
-        how = f"stratified 80/20 holdout of {len(idx)} rows"
     grid = candidate_grid(candidates)
+    if len(y) <= CV_ROWS:
+        return _train_small(X, y, grid)
+    return _train_large(X, y, grid)
+
+
+def _train_small(X: np.ndarray, y: np.ndarray, grid: list[tuple[str, float]]) -> tuple[Classifier, dict]:
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=SEED).split(X, y))
     results = []
     for kind, param in grid:
         t0 = time.perf_counter()
@@ -138,14 +192,85 @@ def train(X: np.ndarray, y: np.ndarray, candidates: tuple[str, ...] = ALL_CANDID
         for fit_idx, val_idx in folds:
             mean, scale = _standardiser(X[fit_idx])
             layers = _fit(kind, param, (X[fit_idx] - mean) / scale, y[fit_idx])
-            clf = Classifier(kind, mean, scale, layers)
-            aucs.append(float(roc_auc_score(y[val_idx], clf.predict_proba(X[val_idx]))))
+            aucs.append(_auc(y[val_idx], layers, (X[val_idx] - mean) / scale))
         results.append({"model": kind, "param": param, "validation_auc": round(float(np.mean(aucs)), 6), "seconds": round(time.perf_counter() - t0, 3)})
     best = max(results, key=lambda r: r["validation_auc"])
     mean, scale = _standardiser(X)
     layers = _fit(best["model"], best["param"], (X - mean) / scale, y)
-    params = {"C": best["param"]} if best["model"] == "logreg" else {"hidden": 128, "alpha": best["param"]}
-    return Classifier(best["model"], mean, scale, layers, params), {"chosen": best, "candidates": results, "selection": how}
+    clf = Classifier(best["model"], mean, scale, layers, _params(best["model"], best["param"]))
+    return clf, {"chosen": best, "candidates": results, "selection": "stratified 3-fold cross-validation"}
+
+
+def _train_large(X: np.ndarray, y: np.ndarray, grid: list[tuple[str, float]]) -> tuple[Classifier, dict]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    fit_idx, val_idx = train_test_split(np.arange(len(y)), test_size=VALIDATION_ROWS, stratify=y, random_state=SEED)
+    # One standardised copy, fitting rows first, serves every candidate: the fitting and validation
+    # rows are views of it, so memory is the input plus one copy (plus the logistic sample).
+    order = np.concatenate([np.sort(fit_idx), np.sort(val_idx)])
+    Z, y = X[order], y[order]
+    n_fit = len(fit_idx)
+    mean, scale = _standardiser(Z[:n_fit])
+    Z -= mean
+    Z /= scale
+    Z_fit, y_fit, Z_val, y_val = Z[:n_fit], y[:n_fit], Z[n_fit:], y[n_fit:]
+    results, fitted = [], {}
+
+    cs = sorted(param for kind, param in grid if kind == "logreg")
+    if cs:
+        sample = np.arange(n_fit) if n_fit <= SELECTION_ROWS else np.sort(train_test_split(np.arange(n_fit), train_size=SELECTION_ROWS, stratify=y_fit, random_state=SEED)[0])
+        Z_s, y_s = Z_fit[sample], y_fit[sample]
+        m = LogisticRegression(max_iter=500, tol=1e-4, warm_start=True)
+        for c in cs:  # strongest regularisation first: each fit starts from the previous solution
+            t0 = time.perf_counter()
+            m.set_params(C=c).fit(Z_s, y_s)
+            layers = [(m.coef_.T.astype(np.float32), m.intercept_.astype(np.float32))]
+            results.append({"model": "logreg", "param": c, "validation_auc": round(_auc(y_val, layers, Z_val), 6), "seconds": round(time.perf_counter() - t0, 3)})
+        del Z_s
+    for kind, param in grid:
+        if kind == "mlp":
+            t0 = time.perf_counter()
+            layers, auc, epochs = _fit_mlp_epochs(param, Z_fit, y_fit, Z_val, y_val)
+            fitted[("mlp", param)] = layers
+            results.append({"model": "mlp", "param": param, "validation_auc": round(auc, 6), "seconds": round(time.perf_counter() - t0, 3), "epochs": epochs})
+    best = max(results, key=lambda r: r["validation_auc"])
+    key = (best["model"], best["param"])
+    if key in fitted:
+        layers = fitted[key]
+        how = f"stratified holdout of {len(val_idx)} rows; the MLP was trained on the other {n_fit} rows, keeping its best epoch"
+    else:  # the winning C, refitted on every row
+        layers = _fit("logreg", best["param"], Z, y)
+        how = f"stratified holdout of {len(val_idx)} rows; logistic regressions chosen on {min(n_fit, SELECTION_ROWS)} of the other rows, the winner refitted on all {len(y)}"
+    clf = Classifier(best["model"], mean, scale, layers, _params(*key))
+    return clf, {"chosen": best, "candidates": results, "selection": how}
+
+
+def _fit_mlp_epochs(alpha: float, Z: np.ndarray, y: np.ndarray, Z_val: np.ndarray, y_val: np.ndarray) -> tuple[list, float, int]:
+    """Trains the MLP one epoch at a time and returns the layers of its best validation-AUC epoch.
+
+    It stops after MLP_PATIENCE epochs without a gain of MLP_MIN_GAIN. Mini-batches of 500 at a
+    learning rate of 0.002 reach the AUC of scikit-learn's defaults (200, 0.001) in about the same
+    number of epochs in about half the time per epoch (bench/task_speed.py's 100k users at 2,048
+    dimensions: test AUC 0.8327 vs 0.8334 after 12 epochs); larger steps were noisier and plateaued
+    lower (1000 at 0.004: 0.81 after 10)."""
+    from sklearn.neural_network import MLPClassifier
+
+    # A RandomState object (not an int) so that each epoch shuffles the rows differently.
+    m = MLPClassifier(hidden_layer_sizes=(MLP_HIDDEN,), alpha=alpha, batch_size=MLP_BATCH, learning_rate_init=MLP_LEARNING_RATE, random_state=np.random.RandomState(SEED))
+    best_auc, best_layers, best_epoch = -1.0, None, 0
+    reference, reference_epoch = -1.0, 0  # the last AUC that was a real gain
+    for epoch in range(1, MLP_MAX_EPOCHS + 1):
+        m.partial_fit(Z, y, classes=[0, 1])
+        layers = [(W.astype(np.float32), b.astype(np.float32)) for W, b in zip(m.coefs_, m.intercepts_)]
+        auc = _auc(y_val, layers, Z_val)
+        if auc > best_auc:
+            best_auc, best_layers, best_epoch = auc, layers, epoch
+        if auc >= reference + MLP_MIN_GAIN:
+            reference, reference_epoch = auc, epoch
+        elif epoch - reference_epoch >= MLP_PATIENCE:
+            break
+    return best_layers, best_auc, best_epoch
 
 
 def evaluate(clf: Classifier, X: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict:

@@ -81,4 +81,4 @@ class CustomAttributesService(ScoreFileService):
 
     def scorer(self, row: CustomAttributes, feature: Feature):
         keyword_vectors = get_model(feature.model_name).encode_texts(list(row.keywords)).astype(np.float32)
-        return lambda mat: and_scores(mat, keyword_vectors)
+        return lambda block: and_scores(block.matrix(), keyword_vectors)

@@ -61,4 +61,4 @@ class RunService(ScoreFileService):
         clf = load_classifier(self.deps.store, self.deps.internal_bucket, task.artifact_key)
         if clf.dim != feature.dim:
             raise JobFailure("COMMON_ERROR", f"the Task expects {clf.dim}-dimensional vectors, the Feature has {feature.dim}")
-        return clf.predict_proba
+        return clf.predict_block

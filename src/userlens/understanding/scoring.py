@@ -3,6 +3,8 @@ TSV in the customer's bucket (outputs.py), and `line_count` is published when th
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -33,15 +35,33 @@ def check_result_location(deps, bucket: object, path: object) -> str:
     return path
 
 
-def score_batches(deps, feature: Feature, score: Callable[[np.ndarray], np.ndarray], ctx: JobContext):
-    """(user_ids, scores) per row group of the Feature, reporting progress."""
+def score_batches(deps, feature: Feature, score: Callable[[vectors.VectorBlock], np.ndarray], ctx: JobContext):
+    """(user_ids, scores) per row group of the Feature, in order, reporting progress.
+
+    Blocks are scored `ctx.cores()` at a time on their own threads (NumPy releases the GIL in the
+    products), so a Run alone on the worker keeps every core busy; at most that many blocks, plus
+    the one read ahead, are in memory."""
+    threads = max(1, ctx.cores())
     done = 0
-    for ids, mat in vectors.iter_vectors(deps.store, deps.internal_bucket, feature.vectors_prefix):
-        ctx.check()
-        yield ids, score(mat)
-        done += len(ids)
-        if feature.user_count:
-            ctx.progress(min(0.99, done / feature.user_count), f"{done} users scored")
+    with ThreadPoolExecutor(threads, thread_name_prefix="scorer") as pool:
+        pending: deque[tuple[list[str], Future]] = deque()
+
+        def finished():
+            nonlocal done
+            ids, future = pending.popleft()
+            scores = future.result()
+            done += len(ids)
+            if feature.user_count:
+                ctx.progress(min(0.99, done / feature.user_count), f"{done} users scored")
+            return ids, scores
+
+        for block in vectors.iter_blocks(deps.store, deps.internal_bucket, feature.vectors_prefix):
+            ctx.check()
+            pending.append((block.user_ids, pool.submit(score, block)))
+            if len(pending) >= threads:
+                yield finished()
+        while pending:
+            yield finished()
 
 
 class ScoreFileService(ResourceService):
@@ -53,8 +73,8 @@ class ScoreFileService(ResourceService):
         s.refresh(row)
         return row
 
-    def scorer(self, row, feature: Feature) -> Callable[[np.ndarray], np.ndarray]:
-        """The function from a block of user vectors to their scores."""
+    def scorer(self, row, feature: Feature) -> Callable[[vectors.VectorBlock], np.ndarray]:
+        """The function from a block of user vectors to their scores (called on several threads)."""
         raise NotImplementedError
 
     def run_job(self, ctx: JobContext) -> Outcome:

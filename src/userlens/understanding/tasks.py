@@ -145,6 +145,7 @@ class TaskService(ResourceService):
             X_test, y_test = self._join(test_feature, test_labels, ctx)
             self._check_counts(y_test, "test answers", minimum=1)
             split = "test file"
+        X = y = None  # the split made copies: let the joined matrix go before training
         ctx.progress(0.35, f"training on {len(y_train)} users")
         clf, selection = classifier.train(X_train, y_train, d.task_candidates)
         ctx.check()

@@ -73,13 +73,20 @@ class VectorBlock:
     user_ids: list[str]
     table: pa.Table
 
+    def quantized(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(int8 [n, dim], float32 scale [n]) without copying, v ≈ q * scale; None for the legacy format."""
+        if "vector_q8" not in self.table.column_names:
+            return None
+        col = self.table.column("vector_q8").combine_chunks()
+        dim = col.type.byte_width
+        q = np.frombuffer(col.buffers()[1], dtype=np.int8, count=len(col) * dim, offset=col.offset * dim).reshape(-1, dim)
+        return q, self.table.column("vector_scale").to_numpy()
+
     def matrix(self, rows: list[int] | np.ndarray | None = None) -> np.ndarray:
         """float32 [len(rows) or n, dim] of the given rows (all by default)."""
-        if "vector_q8" in self.table.column_names:
-            col = self.table.column("vector_q8").combine_chunks()
-            dim = col.type.byte_width
-            q = np.frombuffer(col.buffers()[1], dtype=np.int8, count=len(col) * dim, offset=col.offset * dim).reshape(-1, dim)
-            scale = self.table.column("vector_scale").to_numpy()
+        quantized = self.quantized()
+        if quantized is not None:
+            q, scale = quantized
             if rows is not None:
                 q, scale = q[rows], scale[rows]
             m = q.astype(np.float32)
