@@ -1,4 +1,4 @@
-"""The `userlens` command: serve | worker | migrate | keys | orgs | panel | call."""
+"""The `userlens` command: serve | worker | migrate | keys | orgs | panel | fsck | call."""
 
 from __future__ import annotations
 
@@ -211,6 +211,21 @@ def panel_delete(panel_id: str) -> None:
         typer.echo(f"panel delete failed: {exc.details}", err=True)
         raise typer.Exit(1)
     typer.echo(f"deleted {panel_id}")
+
+
+@app.command()
+def fsck(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    repair: bool = typer.Option(False, help="Delete orphans older than --grace-seconds (never a referenced object)."),
+    grace_seconds: float = typer.Option(3600.0, help="Orphans younger than this are reported, never deleted (work in flight may own them)."),
+) -> None:
+    """Check that the metadata database and the object store agree: orphans, dangling references, status mismatches. Exit code 1 if any problem is left."""
+    from userlens.fsck import run_fsck
+
+    svc = _prepare(_settings())
+    report = run_fsck(svc, repair=repair, grace_seconds=grace_seconds)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
+    raise typer.Exit(0 if report.clean else 1)
 
 
 @app.command()

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # Features
     feature_chunk_rows: int = Field(16384, description="Users per streamed chunk (one Parquet part each).")
     fault_slow_chunk_ms: int = Field(0, description="Fault injection: sleep this long after each chunk (tests only).")
+    fault_slow_check_ms: int = Field(0, description="Fault injection: every job sleeps this long at each progress/cancel check (tests only).")
+
+    # AEP delete requests (profile system jobs)
+    delete_chunk_rows: int = Field(50000, description="AEP delete requests: rows removed per transaction once the data is retired.")
 
     nclue_model: str = Field("ul-hash-v2", description="Model of new Features when a request names none (ul-hash-v2, ul-hash-v1 or ul-sem-v1).")
 

@@ -43,6 +43,9 @@ class Services:
     merge_policies: object = None
     profile_store: object = None
     profile_access: object = None
+    segments: object = None
+    exports: object = None
+    system_jobs: object = None
 
     def make_worker(self, threads: int | None = None) -> Worker:
         if self.settings.worker_cores:
@@ -57,7 +60,7 @@ def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     store = make_object_store(settings)
-    queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, retry_backoff_seconds=settings.retry_backoff_seconds)
+    queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, retry_backoff_seconds=settings.retry_backoff_seconds, fault_slow_check_ms=settings.fault_slow_check_ms)
     registry = JobRegistry()
     master = load_master_key(settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None)
     accounts = AccountService(db, master)

@@ -95,3 +95,54 @@ def test_aepp_creates_datasets_ingests_and_reads_a_profile(served):
     entity = prof.getEntity(entityId="user3@example.com", entityIdNS="email")
     (body,) = entity.values()
     assert body["entity"]["person"]["name"]["firstName"] == "User3"
+
+
+def test_aepp_creates_polls_lists_and_removes_delete_requests(served):
+    """Profile system jobs (issue 7): aepp's createDeleteSystemJob, getDeleteSystemJob,
+    getDeleteSystemJobs (which pages with page/limit until `_page.next` is "") and
+    deleteDeleteSystemJob."""
+    import json
+
+    from aepp import catalog, customerprofile, ingestion
+
+    svc, base = served
+
+    creds = svc.orgs.create_org("aepp-delete")
+    token = httpx.post(f"{base}/ims/token/v3", data={"grant_type": "client_credentials", "client_id": creds.client_id, "client_secret": creds.client_secret}).json()["access_token"]
+    aepp.configure(org_id=creds.org_id, client_id=creds.client_id, secret="unused", environment="support", endpoint=base, accesstoken=token, sandbox="prod")
+    aepp.config.config_object["connectionType"] = "support"
+    aepp.config.config_object["date_limit"] = time.time() + 10 * 365 * 86400
+    cat = catalog.Catalog()
+    people = cat.createDataSet(name="people", schemaId="https://ns.adobe.com/xdm/context/profile", profileEnabled=True)[0].split("/")[-1]
+    web = cat.createDataSet(name="web", schemaId="https://ns.adobe.com/xdm/context/experienceevent", profileEnabled=True)[0].split("/")[-1]
+    ing = ingestion.DataIngestion()
+
+    def ingest(ds, rows) -> str:
+        bid = ing.createBatch(datasetId=ds, format="json")["id"]
+        ing.uploadSmallFile(batchId=bid, datasetId=ds, filePath="rows.json", data=rows)
+        ing.uploadSmallFileFinish(batchId=bid, action="COMPLETE")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and cat.getBatch(bid)[bid]["status"] not in ("success", "failed"):
+            time.sleep(0.1)
+        assert cat.getBatch(bid)[bid]["status"] == "success"
+        return bid
+
+    ingest(people, [{"identityMap": {"email": [{"id": f"u{i}@x", "primary": True}]}, "person": {"name": {"firstName": f"U{i}"}}} for i in range(3)])
+    ev_batch = ingest(web, [{"_id": f"e{i}", "timestamp": "2024-01-01T00:00:00Z", "identityMap": {"email": [{"id": f"u{i}@x", "primary": True}]}} for i in range(3)])
+    prof = customerprofile.Profile()
+    created = prof.createDeleteSystemJob(dataSetId=people)
+    assert created["status"] == "NEW" and created["dataSetId"] == people and created["jobType"] == "DELETE"
+    by_batch = prof.createDeleteSystemJob(batchId=ev_batch)
+    assert by_batch["batchId"] == ev_batch
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = [prof.getDeleteSystemJob(j["id"]) for j in (created, by_batch)]
+        if all(j["status"] in ("COMPLETED", "ERROR") for j in jobs):
+            break
+        time.sleep(0.1)
+    assert [j["status"] for j in jobs] == ["COMPLETED", "COMPLETED"]
+    assert [json.loads(j["metrics"])["recordsProcessed"] for j in jobs] == [3, 3]
+    listed = prof.getDeleteSystemJobs(limit=1)  # aepp follows `next` page by page
+    assert {j["id"] for j in listed} == {created["id"], by_batch["id"]}
+    prof.deleteDeleteSystemJob(created["id"])
+    assert {j["id"] for j in prof.getDeleteSystemJobs()} == {by_batch["id"]}

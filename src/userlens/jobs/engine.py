@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -103,6 +104,8 @@ class JobContext:
         self.check()
 
     def check(self) -> None:
+        if self.queue.fault_slow_check_ms:  # fault injection (tests): widen the window a kill can hit
+            time.sleep(self.queue.fault_slow_check_ms / 1000)
         if self._lost.is_set():
             raise LeaseLost(self.job_id)
         if self._cancel.is_set():
@@ -116,8 +119,9 @@ class JobContext:
 
 
 class JobQueue:
-    def __init__(self, db: Database, *, lease_seconds: float = 30.0, max_attempts: int = 3, retry_backoff_seconds: float = 2.0):
+    def __init__(self, db: Database, *, lease_seconds: float = 30.0, max_attempts: int = 3, retry_backoff_seconds: float = 2.0, fault_slow_check_ms: int = 0):
         self.db = db
+        self.fault_slow_check_ms = fault_slow_check_ms
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.retry_backoff_seconds = retry_backoff_seconds
@@ -171,8 +175,13 @@ class JobQueue:
             res = s.execute(update(Job).where(Job.status == JobStatus.REGISTERED.value).values(status=JobStatus.PENDING.value, updated_at=now))
             return res.rowcount or 0
 
-    def claim(self, worker_id: str, kinds: list[str]) -> Job | None:
-        """Takes the oldest runnable job (or one whose lease expired) and leases it to `worker_id`."""
+    def claim(self, worker_id: str, kinds: list[str], on_fail: Callable[[str], Any] | None = None, dead: list | None = None) -> Job | None:
+        """Takes the oldest runnable job (or one whose lease expired) and leases it to `worker_id`.
+
+        A job whose worker died on its last attempt is failed here: `on_fail(kind)` gives the kind's
+        on_fail hook, run in that transaction (so the resource's status follows the job's). Every
+        attempt found dead (reclaimed or failed) is appended to `dead` as (job, owner, attempt), for
+        the caller to run the kind's on_abort on it: its partial outputs go before the next attempt."""
         if not kinds:
             return None
         self.promote()
@@ -185,11 +194,18 @@ class JobQueue:
                 cid, cstatus, cowner, cattempts, cmax = candidate
                 if cstatus == JobStatus.IN_PROGRESS.value and cattempts >= cmax:
                     # Its worker died on the last allowed attempt: fail it with the reason.
-                    s.execute(
+                    res = s.execute(
                         update(Job)
                         .where(Job.id == cid, Job.status == cstatus, Job.lease_owner == cowner)
                         .values(status=JobStatus.FAILED.value, fail_message=COMMON_ERROR, fail_detail=f"worker lost during attempt {cattempts} of {cmax} (lease expired)", finished_at=now, updated_at=now, lease_owner=None)
                     )
+                    if res.rowcount == 1:
+                        failed = s.get(Job, cid, populate_existing=True)
+                        hook = on_fail(failed.kind) if on_fail is not None else None
+                        if hook is not None:
+                            hook(s, failed)
+                        if dead is not None:
+                            dead.append((failed, cowner, cattempts))
                     continue
                 cond = [Job.id == cid, Job.status == cstatus]
                 cond.append(Job.lease_owner == cowner if cowner is not None else Job.lease_owner.is_(None))
@@ -206,9 +222,12 @@ class JobQueue:
                     )
                 )
                 if res.rowcount == 1:
+                    job = s.get(Job, cid, populate_existing=True)
                     if cstatus == JobStatus.IN_PROGRESS.value:
                         log.warning("job %s: lease of %s expired; reclaimed by %s", cid, cowner, worker_id)
-                    return s.get(Job, cid, populate_existing=True)
+                        if dead is not None:
+                            dead.append((job, cowner, cattempts))
+                    return job
         return None
 
     def _candidate(self, s: Session, kinds: list[str], now: dt.datetime):

@@ -14,6 +14,8 @@ import time
 import uuid
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from userlens.jobs.engine import (
     COMMON_ERROR,
     JobCancelled,
@@ -150,11 +152,27 @@ class Worker:
     def run_one(self, slot_id: str | None = None) -> bool:
         """Claims and runs at most one job. Returns whether a job was run."""
         slot_id = slot_id or self.worker_id
-        job = self.queue.claim(slot_id, list(self.registry.kinds))
+        dead: list = []
+        kinds = self.registry.kinds
+        job = self.queue.claim(slot_id, list(kinds), on_fail=lambda k: kinds[k].on_fail if k in kinds else None, dead=dead)
+        for lost, owner, attempt in dead:
+            self._discard_dead_attempt(lost, owner, attempt)
         if job is None:
             return False
         self._run(job, slot_id)
         return True
+
+    def _discard_dead_attempt(self, job: Job, owner: str | None, attempt: int) -> None:
+        """A worker died (or stalled past its lease) during `attempt`: what it wrote under its
+        attempt tag is removed now, as its own on_abort would have done (fsck finds none of it)."""
+        kind = self.registry.kinds.get(job.kind)
+        if kind is None or kind.on_abort is None or not owner:
+            return
+        ctx = JobContext(job.id, job.kind, job.scope, dict(job.payload or {}), attempt, job.checkpoint, self.queue, owner, self.services)
+        try:
+            kind.on_abort(ctx)
+        except Exception:
+            log.warning("cleanup of dead attempt %d of job %s failed", attempt, job.id, exc_info=True)
 
     def _run(self, job: Job, slot_id: str) -> None:
         kind = self.registry.kinds[job.kind]
@@ -188,6 +206,15 @@ class Worker:
         except JobFailure as exc:
             self.queue.fail(job.id, slot_id, exc.code, exc.detail, kind.on_fail)
             ending = f"failed {exc.code}"
+        except (OperationalError, InterfaceError) as exc:
+            # The database went away under the job (restart, killed connection): transient, like an
+            # unreachable object store. The pool's pre-ping gives the retry a fresh connection.
+            log.warning("job %s: database error: %s", job.id, exc)
+            if job.attempts < job.max_attempts and self.queue.retry_later(job.id, slot_id, f"database unavailable: {exc}", job.attempts):
+                ending = "will retry (database unavailable)"
+            else:
+                self.queue.fail(job.id, slot_id, COMMON_ERROR, f"database unavailable: {exc}"[:4000], kind.on_fail)
+                ending = f"failed {COMMON_ERROR}"
         except Exception as exc:
             log.exception("job %s crashed", job.id)
             self.queue.fail(job.id, slot_id, COMMON_ERROR, f"{type(exc).__name__}: {exc}", kind.on_fail)

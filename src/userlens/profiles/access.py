@@ -163,6 +163,11 @@ class ProfileAccess:
         for it in identities:
             identity_map.setdefault(it["namespace"]["code"], []).append({"id": it["id"], **({"primary": True} if it.get("primary") else {})})
         entity = {"identities": identities, "identityMap": identity_map, **attrs}
+        from userlens.profiles.segments import membership_map  # segments build on this module's store
+
+        segment_membership = membership_map(self.store, sandbox_id, r.xid)
+        if segment_membership:
+            entity["segmentMembership"] = segment_membership
         sources = sorted({f.dataset_id for f in frags} | {e[0] for e in events})
         batches = sorted({f.batch_id for f in frags} | {e[1] for e in events})
         last = max([f.ingest_ms for f in frags] + [e[3] for e in events])

@@ -195,6 +195,18 @@ def _nest(flat: dict) -> dict:
     return out
 
 
+def _utf8(rec: dict) -> bool:
+    """Whether a CSV row's header and cells are UTF-8 (decoding left no lone surrogates)."""
+    try:
+        for k, v in rec.items():
+            for x in (k, *(v if isinstance(v, list) else (v,))):
+                if isinstance(x, str) and not x.isascii():
+                    x.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class Chunk:
     rows: list[Any]
@@ -209,18 +221,32 @@ def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: 
                 pf = pq.ParquetFile(f)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise JobFailure("INGEST-1290-400", f"file '{key.rsplit('/', 1)[-1]}' is not a readable Parquet file: {exc}") from exc
-            for rb in pf.iter_batches(batch_size=chunk_rows):
+            batches = pf.iter_batches(batch_size=chunk_rows)
+            while True:
+                try:
+                    rb = next(batches)
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, OSError) as exc:  # a damaged page or column chunk behind a valid footer
+                    if type(exc) not in (pa.ArrowInvalid, OSError):  # an I/O error of the store (e.g. FileNotFoundError) stays what it is
+                        raise
+                    raise JobFailure("INGEST-1290-400", f"file '{key.rsplit('/', 1)[-1]}' is not a readable Parquet file: {exc}") from exc
                 yield Chunk(None, None, rb)  # rows are made only if the column-wise rules cannot apply
         return
     with store.open_read(bucket, key) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        # Bytes that are not UTF-8 become lone surrogates, so the row that holds them is rejected
+        # as malformed (INGEST-1207) instead of being stored with replacement characters.
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         if fmt == "csv":
             rows: list = []
-            for rec in csv.DictReader(text):
-                rows.append(_nest(rec))
-                if len(rows) >= chunk_rows:
-                    yield Chunk(rows, [None] * len(rows))
-                    rows = []
+            try:
+                for rec in csv.DictReader(text):
+                    rows.append(None if not _utf8(rec) else _nest(rec))
+                    if len(rows) >= chunk_rows:
+                        yield Chunk(rows, [None] * len(rows))
+                        rows = []
+            except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+                raise JobFailure("INGEST-1290-400", f"file '{key.rsplit('/', 1)[-1]}' is not readable CSV: {exc}") from exc
             if rows:
                 yield Chunk(rows, [None] * len(rows))
             return
@@ -228,7 +254,8 @@ def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: 
             # Multi-line JSON is one document (an array or an object): bounded by the upload size.
             try:
                 doc = json.load(text)
-            except ValueError:
+                json.dumps(doc, ensure_ascii=False).encode("utf-8")  # lone surrogates: not UTF-8
+            except (ValueError, UnicodeEncodeError):
                 doc = [None]
             items = doc if isinstance(doc, list) else [doc]
             for i in range(0, len(items), chunk_rows):
@@ -240,7 +267,10 @@ def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: 
             if not line.strip():
                 continue
             try:
+                size = len(line.encode("utf-8"))
                 value = json.loads(line)
+            except UnicodeEncodeError:  # not UTF-8 text
+                size, value = len(line.encode("utf-8", "surrogateescape")), None
             except ValueError:
                 value = None
             if isinstance(value, list):  # aepp sends a list as one JSON array
@@ -248,7 +278,7 @@ def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: 
                 sizes += [None] * len(value)
             else:
                 rows.append(value)
-                sizes.append(len(line.encode()))
+                sizes.append(size)
             if len(rows) >= chunk_rows:
                 yield Chunk(rows, sizes)
                 rows, sizes = [], []

@@ -112,7 +112,7 @@ class Identity(Base):
     ikey: Mapped[str] = mapped_column(String(1100), primary_key=True)
     xid: Mapped[str] = mapped_column(String(40))
 
-    __table_args__ = (Index("ix_aep_identities_xid", "sandbox_id", "xid"),)
+    __table_args__ = (Index("ix_aep_identities_xid", "sandbox_id", "xid", "ikey"),)  # covering (migration a003): scans and graph reads by xid
 
 
 class StoreLoad(Base):

@@ -10,10 +10,11 @@ at any time.
 *Loads.* Each attempt of each batch that feeds the store is one row of ``aep_store_loads`` (sandbox,
 dataset, batch, attempt, ingestion time, lake folder, ``visible``). Every stored row points at its
 load by an integer, so it knows its dataset and batch without repeating four strings (rows and
-indexes stay narrow), and deleting what a dataset or a batch gave the store is ``DELETE ... WHERE
-load_id IN (its loads)`` on the ``load_id`` indexes, followed by a graph rebuild
-(``delete_dataset`` / ``delete_batch``; the next issues' system jobs). A profile's own rows go by
-primary identity (``delete_entity``), and only the graphs it touched are recomputed (``regraph``).
+indexes stay narrow), and deleting what a dataset or a batch gave the store is hiding its loads and
+recomputing the graphs their rows touched in one transaction, then ``DELETE ... WHERE load_id = ?``
+in bounded chunks on the ``load_id`` indexes (see "deletion" below; the delete requests of
+profiles/system_jobs.py). A profile's own rows go by primary identity (``delete_entity``), and only
+the graphs it touched are recomputed (``regraph``).
 
 *Profile records* are SQL rows, ``aep_fragments`` (load, primary identity ``pkey``, identities,
 document as JSON): a look-up merges them on every read, and a sandbox has about one per person and
@@ -75,6 +76,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -98,6 +100,7 @@ from userlens.storage.objectstore import ObjectStore
 
 IN_CHUNK = 500  # bound of IN (...) lists
 SQLITE_CACHE_KIB = 65536  # page cache of a connection that bulk-loads (SQLite): the indexes' hot pages
+DELETE_CACHE_KIB = 262144  # page cache of a deletion's connection (SQLite): the identity and pkey indexes it walks
 META_CACHE = 512  # Parquet footers of lake parts kept for event reads
 READ_BLOCK = 1 << 20  # object-store read size for event reads (a few row groups, not whole parts)
 
@@ -293,6 +296,8 @@ def _table_events(t: pa.Table) -> tuple[list[str], list[int], list[dict] | None]
 
 
 class ProfileStore:
+    regraph_scan_ratio = 4  # regraph reads the whole sandbox once it touches 1/4 of its identities
+
     def __init__(self, db: Database, objects: ObjectStore | None = None, bucket: str | None = None):
         self.db = db
         self.lake = LakeReader(objects, bucket)
@@ -383,6 +388,7 @@ class ProfileStore:
         keys = pc.unique(keys) if len(keys) else keys
         if not len(keys):
             return
+        self.graph_lock(s, sandbox_id)  # one graph writer per sandbox at a time (deletes, see there)
         keys = keys.take(pc.sort_indices(keys))
         key_list = keys.to_pylist()
         existing = self._known(s, sandbox_id, key_list)
@@ -462,23 +468,146 @@ class ProfileStore:
             finally:
                 cur.close()
 
-    # -- deletion (dataset / event batch) and graph rebuild ------------------------------------------
+    # -- deletion (dataset / event batch) and graph recomputation ------------------------------------
+    # A deletion has two steps (profiles/system_jobs.py runs them as a job; delete_dataset and
+    # delete_batch run both in one transaction):
+    # 1. `retire_loads`, one transaction: the loads become invisible and the identity graphs their
+    #    rows touched are recomputed from the visible rows that are left. When it commits, every
+    #    reader sees the store without the data (profiles, links, merged attributes); before, with it.
+    # 2. `purge_chunk`, repeated: the retired loads' rows are removed in bounded chunks, each in its
+    #    own short transaction. Readers ignore these rows already (their load is invisible), so the
+    #    order and the number of chunks change nothing they see, and a crash in between leaves
+    #    only rows that a rerun removes.
+    # Graph writers of a sandbox (step 1, entity deletes, ingest publication) are serialized by
+    # `graph_lock`, so two of them never recompute one graph from each other's half-written rows.
+    def graph_lock(self, s: Session, sandbox_id: str) -> None:
+        """Serializes the transactions that rewrite a sandbox's identity graph. PostgreSQL: a
+        transaction-scoped advisory lock (re-entrant, released at commit or rollback). SQLite has one
+        writer at a time: a transaction that has written holds the database's write lock, and these
+        transactions write (hide loads, publish a load) before they read the graph."""
+        if s.bind.dialect.name == "postgresql":
+            self._rows(s, "SELECT pg_advisory_xact_lock(hashtext(?))", (f"userlens:aep-graph:{sandbox_id}",))
+
+    def retire_loads(self, s: Session, sandbox_id: str, load_ids: list[int]) -> int:
+        """Step 1 of a deletion, in the caller's transaction: hides these loads and recomputes the
+        graphs their rows were part of. Returns the number of records and events they hold."""
+        if not load_ids:
+            return 0
+        self.graph_lock(s, sandbox_id)
+        self._big_cache(s)
+        for chunk in _chunks(load_ids):
+            self._execute(s, f"UPDATE aep_store_loads SET visible = ? WHERE id IN ({_marks(len(chunk))})", (False, *chunk))
+        n, linked, single = self._load_identities(s, load_ids)
+        self.regraph(s, sandbox_id, sorted(linked))
+        self._prune_singletons(s, sandbox_id, sorted(single - linked))
+        return n
+
+    def _load_identities(self, s: Session, load_ids: list[int]) -> tuple[int, set[str], set[str]]:
+        """(records + events, identities of rows that link several, primary identities of rows that
+        carry only it) of these loads' rows. A row with one identity links nothing, so deleting it
+        can only make its identity disappear (`_prune_singletons`); only rows with several need
+        their graphs recomputed. Read by load (the load_id index), without parsing single rows: a
+        JSON list of several [ns, id, primary] items always holds "]," between them."""
+        n = 0
+        linked: set[str] = set()
+        single: set[str] = set()
+        for chunk in _chunks(load_ids):
+            marks = _marks(len(chunk))
+            for table, count in (("aep_fragments", "1"), ("aep_event_groups", "n")):
+                for pkey, ids, k in self._rows(s, f"SELECT pkey, identities, {count} FROM {table} WHERE load_id IN ({marks})", tuple(chunk)):
+                    n += k
+                    if "]," in ids:
+                        linked.update(ikeys_of(json.loads(ids)))
+                    else:
+                        single.add(pkey)
+        return n, linked, single
+
+    def _prune_singletons(self, s: Session, sandbox_id: str, pkeys: list[str]) -> None:
+        """Removes the identities among `pkeys` that no visible row carries any more. Such an
+        identity is kept by another row only if that row's primary identity is in its graph: either
+        itself (a visible row with this pkey) or another member (then the graph has two members).
+        One EXISTS per identity: the pkey index up to its first visible row, not all its rows."""
+        vis = "SELECT 1 FROM {t} x CROSS JOIN aep_store_loads l WHERE x.pkey = k.ikey AND l.id = x.load_id AND l.sandbox_id = ? AND l.visible"
+        for chunk in _chunks(pkeys):
+            marks = ", ".join("(?)" for _ in chunk)
+            sql = (
+                f"WITH k(ikey) AS (VALUES {marks}) SELECT i.ikey FROM k CROSS JOIN aep_identities i WHERE i.sandbox_id = ? AND i.ikey = k.ikey"
+                f" AND NOT EXISTS ({vis.format(t='aep_fragments')}) AND NOT EXISTS ({vis.format(t='aep_event_groups')})"
+                " AND NOT EXISTS (SELECT 1 FROM aep_identities m WHERE m.sandbox_id = i.sandbox_id AND m.xid = i.xid AND m.ikey <> i.ikey)"
+            )
+            drop = [r[0] for r in self._rows(s, sql, (*chunk, sandbox_id, sandbox_id, sandbox_id))]
+            if drop:
+                self._execute(s, f"DELETE FROM aep_identities WHERE sandbox_id = ? AND ikey IN ({_marks(len(drop))})", (sandbox_id, *drop))
+
+    @contextmanager
+    def purge_session(self) -> Iterator[Session]:
+        """The transaction of one purge chunk. On SQLite its commit runs with synchronous=NORMAL
+        (as _bulk's): the rows it removes are invisible already, and the job's completing
+        transaction (synchronous FULL) syncs the WAL up to and including it, so a power loss can at
+        worst bring back invisible rows (and their recordsProcessed increment) that a rerun removes
+        again. Measured: a third of the purge time of 1M events went to the per-chunk fsync."""
+        if self.db.engine.dialect.name != "sqlite":
+            with self.db.session() as s:
+                yield s
+            return
+        with self.db.engine.connect() as conn:
+            prev = int(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+            conn.commit()
+            try:
+                with Session(bind=conn) as s, s.begin():
+                    yield s
+            finally:
+                conn.exec_driver_sql(f"PRAGMA synchronous={prev}")
+                conn.commit()
+
+    def purge_chunk(self, s: Session, load_id: int, rows: int) -> tuple[int, bool]:
+        """Step 2 of a deletion, in the caller's transaction: removes up to `rows` rows of one
+        retired load. Returns (records + events removed, whether the load has no rows left); the
+        counts are those this statement deleted (RETURNING), so a rerun never counts a row twice."""
+        self._big_cache(s)
+        removed = 0
+        left = rows
+        for table, col in (("aep_fragments", "1"), ("aep_event_groups", "n")):
+            if left <= 0:
+                return removed, False
+            out = self._rows(s, f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE load_id = ? LIMIT {int(left)}) RETURNING {col}", (load_id,))
+            removed += sum(r[0] for r in out)
+            if len(out) >= left:
+                return removed, False
+            left -= len(out)
+        return removed, True
+
+    @staticmethod
+    def drop_load_rows(s: Session, load_ids: list[int]) -> None:
+        """The load rows themselves, once their fragments and event groups are gone."""
+        for chunk in _chunks(load_ids):
+            s.execute(delete(StoreLoad).where(StoreLoad.id.in_(chunk)))
+
+    def _delete_loads_now(self, s: Session, sandbox_id: str, load_ids: list[int]) -> int:
+        """Both steps in one transaction (small synchronous deletes: REVERT, Catalog dataset deletion)."""
+        visible = []
+        for chunk in _chunks(load_ids):
+            visible += list(s.execute(select(StoreLoad.id).where(StoreLoad.id.in_(chunk), StoreLoad.visible.is_(True))).scalars())
+        n = self.retire_loads(s, sandbox_id, visible)
+        invisible = sorted(set(load_ids) - set(visible))
+        self._drop_loads(s, sorted(visible))
+        self._drop_loads(s, invisible)  # unpublished attempts: not in the graph, not counted
+        return n
+
     def delete_dataset(self, sandbox_id: str, dataset_id: str) -> int:
-        """Removes everything a dataset gave the store (its loads' rows) and rebuilds the graph."""
+        """Removes everything a dataset gave the store (its loads' rows) and recomputes the graphs
+        it touched; returns the number of records and events removed."""
         with self.db.session() as s:
             ids = list(s.execute(select(StoreLoad.id).where(StoreLoad.sandbox_id == sandbox_id, StoreLoad.dataset_id == dataset_id)).scalars())
-            n = self._drop_loads(s, ids)
-            self.rebuild_graph(s, sandbox_id)
-            return n
+            return self._delete_loads_now(s, sandbox_id, ids)
 
     def delete_batch(self, sandbox_id: str, batch_id: str, session: Session | None = None) -> int:
-        """Removes everything a batch gave the store and rebuilds the graph (its lake files stay),
-        in `session`'s transaction if one is given."""
+        """Removes everything a batch gave the store and recomputes the graphs it touched (its lake
+        files stay), in `session`'s transaction if one is given."""
         with (nullcontext(session) if session is not None else self.db.session()) as s:
             ids = list(s.execute(select(StoreLoad.id).where(StoreLoad.sandbox_id == sandbox_id, StoreLoad.batch_id == batch_id)).scalars())
-            n = self._drop_loads(s, ids)
-            self.rebuild_graph(s, sandbox_id)
-            return n
+            return self._delete_loads_now(s, sandbox_id, ids)
 
     def delete_entity(self, sandbox_id: str, pkeys: list[str]) -> int:
         """Removes a profile from the store: the visible record fragments and event groups whose
@@ -500,27 +629,135 @@ class ProfileStore:
     def regraph(self, s: Session, sandbox_id: str, ikeys: list[str]) -> None:
         """Recomputes the graphs that hold these identities from the visible rows that are left.
         Exact without reading the sandbox: a row's identities all lie in its primary identity's
-        graph, so every row that touches one of these graphs has its primary identity in it."""
-        members = set(ikeys)
-        for chunk in _chunks(sorted(members)):
-            sql = f"SELECT m.ikey FROM aep_identities i CROSS JOIN aep_identities m WHERE i.sandbox_id = ? AND i.ikey IN ({_marks(len(chunk))}) AND m.sandbox_id = i.sandbox_id AND m.xid = i.xid"
-            members.update(r[0] for r in self._rows(s, sql, (sandbox_id, *chunk)))
-        keys: list[str] = []
+        graph, so every row that touches one of these graphs has its primary identity in it. Only
+        rows with several identities are parsed (the others keep just their primary identity
+        alive), and only identities whose XID changes or that are gone are written.
+
+        Few graphs: their members and rows are read by key (IN lists on the ikey and pkey indexes).
+        Many (a quarter of the sandbox's identities or more, e.g. a record dataset every profile has
+        a record in): one pass over the identities and the visible rows, load by load, costs less
+        than that many random index probes (bench/delete.py, the record dataset)."""
+        if not ikeys:
+            return
+        self.graph_lock(s, sandbox_id)
+        self._big_cache(s)
+        sqlite = s.bind.dialect.name == "sqlite"
+        wanted = set(ikeys)
+        total = self._rows(s, "SELECT COUNT(*) FROM aep_identities WHERE sandbox_id = ?", (sandbox_id,))[0][0]
+        old: dict[str, str] = {}
+        nodes: set[str] = set()
         a: list[str] = []
         b: list[str] = []
-        for chunk in _chunks(sorted(members)):
+
+        def add(pkey: str, ids: str) -> None:
+            if "]," not in ids:  # one identity: a node, no link (see _load_identities)
+                nodes.add(pkey)
+                return
+            row = ikeys_of(json.loads(ids))
+            nodes.update(row)
+            a.extend(row[:1] * (len(row) - 1))
+            b.extend(row[1:])
+
+        if self.regraph_scan_ratio * len(wanted) >= total:
+            every = {k: x for rows in self._batches(s, "SELECT ikey, xid FROM aep_identities WHERE sandbox_id = ?", (sandbox_id,)) for k, x in rows}
+            xids = {every[k] for k in wanted if k in every}
+            old = {k: x for k, x in every.items() if x in xids}
+            del every
+            members = old.keys() | wanted
+            loads = [r[0] for r in self._rows(s, "SELECT id FROM aep_store_loads WHERE sandbox_id = ? AND visible ORDER BY id", (sandbox_id,))]
+            single = nodes.add
+            for load_id in loads:
+                for table in ("aep_fragments", "aep_event_groups"):
+                    for rows in self._batches(s, f"SELECT pkey, identities FROM {table} WHERE load_id = ?", (load_id,)):
+                        for pkey, ids in rows:  # inlined: ~1M rows at full scale, most with one identity
+                            if pkey in members:
+                                if "]," in ids:
+                                    add(pkey, ids)
+                                else:
+                                    single(pkey)
+        else:
+            for chunk in _chunks(sorted(wanted)):
+                sql = f"SELECT m.ikey, m.xid FROM aep_identities i CROSS JOIN aep_identities m WHERE i.sandbox_id = ? AND i.ikey IN ({_marks(len(chunk))}) AND m.sandbox_id = i.sandbox_id AND m.xid = i.xid"
+                old.update(self._rows(s, sql, (sandbox_id, *chunk)))
+            for chunk in _chunks(sorted(old.keys() | wanted)):
+                for table in ("aep_fragments", "aep_event_groups"):
+                    sql = f"SELECT x.pkey, x.identities FROM {_by_pkey(table, 'load_id, pkey, identities', len(chunk), sqlite)} x CROSS JOIN aep_store_loads l WHERE l.id = x.load_id AND l.sandbox_id = ? AND l.visible"
+                    for pkey, ids in self._rows(s, sql, (*chunk, sandbox_id)):
+                        add(pkey, ids)
+        new = self._components(sorted(nodes), a, b)
+        changed = sorted(k for k, x in new.items() if old.get(k) != x)
+        for chunk in _chunks(sorted(k for k in old if k not in new)):
             self._execute(s, f"DELETE FROM aep_identities WHERE sandbox_id = ? AND ikey IN ({_marks(len(chunk))})", (sandbox_id, *chunk))
-            for table in ("aep_fragments", "aep_event_groups"):
-                sql = f"SELECT x.identities FROM {_by_pkey(table, 'load_id, identities', len(chunk), s.bind.dialect.name == 'sqlite')} x CROSS JOIN aep_store_loads l WHERE l.id = x.load_id AND l.sandbox_id = ? AND l.visible"
-                for (ids,) in self._rows(s, sql, (*chunk, sandbox_id)):
-                    row = ikeys_of(json.loads(ids))
-                    keys += row
-                    a += row[:1] * (len(row) - 1)
-                    b += row[1:]
-        self.apply_graph(s, sandbox_id, pa.array(keys, pa.string()), (pa.array(a, pa.string()), pa.array(b, pa.string())))
+        self._move_identities(s, sandbox_id, [(k, new[k]) for k in changed if k in old])
+        self._insert_identities(s, [(sandbox_id, k, new[k]) for k in changed if k not in old])
+
+    @staticmethod
+    def _move_identities(s: Session, sandbox_id: str, moves: list[tuple[str, str]]) -> None:
+        """Sets the XID of known identities, (ikey, xid) each: an UPDATE rewrites the xid index
+        entry only, where DELETE + INSERT would rewrite the primary key's too."""
+        if not moves:
+            return
+        raw = s.connection().connection.driver_connection
+        if s.bind.dialect.name == "postgresql":
+            with raw.cursor() as cur:
+                for chunk in _chunks(moves, 20000):
+                    cur.execute(
+                        "UPDATE aep_identities i SET xid = m.xid FROM unnest(%s::text[], %s::text[]) AS m(ikey, xid) WHERE i.sandbox_id = %s AND i.ikey = m.ikey",
+                        ([k for k, _ in chunk], [x for _, x in chunk], sandbox_id),
+                    )
+            return
+        cur = raw.cursor()
+        try:
+            cur.executemany("UPDATE aep_identities SET xid = ? WHERE sandbox_id = ? AND ikey = ?", [(x, sandbox_id, k) for k, x in moves])
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _big_cache(s: Session) -> None:
+        """SQLite: a page cache that holds the indexes a deletion walks (the default is 2 MiB; the
+        memory is taken on demand), as bulk loads do (_bulk)."""
+        if s.bind.dialect.name == "sqlite":
+            s.connection().exec_driver_sql(f"PRAGMA cache_size=-{DELETE_CACHE_KIB}")
+
+    @staticmethod
+    def _batches(s: Session, sql: str, params: tuple, size: int = 20000) -> Iterator[list[tuple]]:
+        """The rows of a query in lists of `size` (a server-side cursor on PostgreSQL), so memory
+        stays bounded by what the caller keeps."""
+        conn = s.connection()
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "postgresql":
+            with raw.cursor(name=f"ul_stream_{uuid.uuid4().hex}") as cur:
+                cur.execute(sql.replace("?", "%s"), params)
+                while rows := cur.fetchmany(size):
+                    yield rows
+            return
+        cur = raw.cursor()
+        try:
+            cur.execute(sql, params)
+            while rows := cur.fetchmany(size):
+                yield rows
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _components(keys: list[str], a: list[str], b: list[str]) -> dict[str, str]:
+        """{identity: XID} of the graphs that the links (a[i], b[i]) make over `keys` (sorted): each
+        graph's XID is the smallest native XID of its members, as apply_graph gives it."""
+        if not keys:
+            return {}
+        arr = pa.array(keys, pa.string())
+        n = len(keys)
+        r = pc.index_in(pa.array(a, pa.string()), arr).to_numpy(zero_copy_only=False).astype(np.int64)
+        c = pc.index_in(pa.array(b, pa.string()), arr).to_numpy(zero_copy_only=False).astype(np.int64)
+        _, labels = connected_components(coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n)).tocsr(), directed=False)
+        t = pa.table({"c": labels.astype(np.int64), "x": pa.array(native_xids(keys), pa.string())})
+        best = t.group_by("c", use_threads=False).aggregate([("x", "min")])
+        xid_of = dict(zip(best.column("c").to_pylist(), best.column("x_min").to_pylist()))
+        return {k: xid_of[lab] for k, lab in zip(keys, labels.tolist())}
 
     def rebuild_graph(self, s: Session, sandbox_id: str) -> None:
         """Recomputes the whole graph of a sandbox from its visible fragments and event groups."""
+        self.graph_lock(s, sandbox_id)
         keys: list[str] = []
         a: list[str] = []
         b: list[str] = []

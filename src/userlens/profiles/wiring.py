@@ -16,6 +16,17 @@ def build_aep(db, store, queue, registry, internal_bucket: str) -> dict:
     merge_policies = MergePolicyService(db)
     ingest = IngestService(db, store, queue, internal_bucket, profile_store)
     ingest.register_jobs(registry)
+    from userlens.profiles.export import ExportService
+    from userlens.profiles.segments import SegmentService
+
+    segments = SegmentService(db, queue, profile_store, merge_policies)
+    segments.register_jobs(registry)
+    exports = ExportService(db, store, queue, internal_bucket, profile_store, merge_policies, segments)
+    exports.register_jobs(registry)
+    from userlens.profiles.system_jobs import SystemJobService
+
+    system_jobs = SystemJobService(db, queue, profile_store)
+    system_jobs.register_jobs(registry)
     return {
         "orgs": OrgService(db),
         "catalog": CatalogService(db),
@@ -23,4 +34,7 @@ def build_aep(db, store, queue, registry, internal_bucket: str) -> dict:
         "merge_policies": merge_policies,
         "profile_access": ProfileAccess(profile_store, merge_policies),
         "ingest": ingest,
+        "segments": segments,
+        "exports": exports,
+        "system_jobs": system_jobs,
     }

@@ -39,9 +39,11 @@ def scan_personal_data(store: ObjectStore, bucket: str, path: str, field: str) -
                     data = rest + block
                     if block:
                         cut = data.rfind(b"\n") + 1
-                        if cut == 0:
+                        if cut == 0 and len(data) <= 4 * SCAN_BLOCK:
                             rest = data
                             continue
+                        if cut == 0:  # a line that does not end: scan it in pieces, memory stays bounded
+                            cut = len(data) - 256  # the overlap keeps a datum that straddles the cut
                         data, rest = data[:cut], data[cut:]
                     text = data.decode("utf-8", errors="replace")
                     found = personal_data.scan_text(text, line)

@@ -11,6 +11,7 @@ Rules (documented in the README):
     non-empty behaviour (empty behaviours between arrows are ignored) -> else UNEXPECTED_TXT_FORMAT;
   - the text must be UTF-8 (a UTF-8 BOM at the start is allowed) -> else UNEXPECTED_TXT_FORMAT;
   - binary or compressed content (NUL bytes, gzip/zip/bzip2/xz/zstd/Parquet magic) -> UNEXPECTED_FILE_TYPE;
+  - UTF-16 text (a byte order mark, or NUL every other byte) and lines over 16 MiB -> UNEXPECTED_TXT_FORMAT;
   - user ids longer than 100 characters -> LIMIT_ERROR_MID_LENGTH; repeated user ids -> DUPLICATE_USERID;
   - no file, or no user at all -> NOT_EXIST_FILE.
 """
@@ -27,6 +28,7 @@ from userlens.jobs.engine import JobFailure, TransientJobError
 from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 
 MAX_USER_ID_LENGTH = 100
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one user's line (2,048 tokens are kept; far longer lines are not text)
 BLOCK_BYTES = 4 * 1024 * 1024
 MAGIC = {
     b"\x1f\x8b": "gzip",
@@ -64,10 +66,20 @@ class SequenceChunk:
     consumed_bytes: int  # input bytes read so far, across all files (for progress)
 
 
+def _utf16(head: bytes) -> bool:
+    """UTF-16 text: a byte order mark, or ASCII-range text with every other byte NUL."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    even, odd = head[0::2], head[1::2]
+    return len(head) >= 8 and (odd.count(0) >= 0.9 * len(odd) or even.count(0) >= 0.9 * len(even))
+
+
 def _check_binary(key: str, head: bytes) -> None:
     for magic, kind in MAGIC.items():
         if head.startswith(magic):
             raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: {kind}-compressed or binary content; expected UTF-8 tab-delimited text")
+    if _utf16(head):  # an encoding mistake rather than a wrong file type
+        raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key}: UTF-16 text; expected UTF-8")
     if b"\x00" in head:
         raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: binary content (NUL bytes); expected UTF-8 tab-delimited text")
 
@@ -96,7 +108,7 @@ def iter_lines(store: ObjectStore, bucket: str, key: str) -> Iterator[tuple[int,
                 if block.startswith(b"\xef\xbb\xbf"):
                     block = block[3:]
                 first = False
-            elif b"\x00" in block:
+            if b"\x00" in block:  # the whole block, not only the head the magic check saw
                 raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: binary content (NUL bytes) after line {lineno}")
             if not block:
                 break
@@ -104,7 +116,11 @@ def iter_lines(store: ObjectStore, bucket: str, key: str) -> Iterator[tuple[int,
             rest = lines.pop()
             for line in lines:
                 lineno += 1
+                if len(line) > MAX_LINE_BYTES:
+                    raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: longer than {MAX_LINE_BYTES} bytes")
                 yield lineno, line
+            if len(rest) > MAX_LINE_BYTES:  # a line that never ends would grow without bound
+                raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno + 1}: longer than {MAX_LINE_BYTES} bytes")
         if rest:
             yield lineno + 1, rest
 

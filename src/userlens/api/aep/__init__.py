@@ -12,10 +12,15 @@ from userlens.api import errors
 
 def install(app: FastAPI) -> None:
     from userlens.api.aep import catalog, common, data_access, entities, ims, ingestion, merge_policies
+    from userlens.api.aep import export as export_jobs
+    from userlens.api.aep import segments
 
     errors.RENDERERS["aep"] = common.render_aep
     for prefix in ("/data", "/ims"):
         if (prefix, "aep") not in errors.FAMILY_PREFIXES:
             errors.FAMILY_PREFIXES.append((prefix, "aep"))
-    for module in (ims, catalog, ingestion, data_access, merge_policies, entities):
+    for module in (ims, catalog, ingestion, data_access, merge_policies, entities, segments, export_jobs):
         app.include_router(module.router)
+    from userlens.api.aep import system_jobs
+
+    app.include_router(system_jobs.router)

@@ -1,0 +1,650 @@
+"""A sandbox-wide scan of merged profiles (segment evaluation, export jobs).
+
+Design (see also the "Scans" paragraph of profiles/store.py). The scan walks the identity graph in
+pages of XIDs, in the database's own order: a page is the next ``page`` rows of ``aep_identities``
+by (sandbox, xid) (keyset pagination on the xid index; the rows of the page's last XID are dropped
+and read again by the next page, so a graph is never split). For the page's XID range it reads, in
+one indexed join each, the record fragments (and, when asked, the event groups and the segment
+memberships) of every identity of the range. So memory is bounded by the page, whatever the size of
+the sandbox, and every profile's fragments arrive together. The xid index is covering
+(sandbox_id, xid, ikey; migration a003), so walking it never touches the table. The next page is read
+on a background thread while the caller works on the current one. With ``members_of`` (an export
+filtered by segments) the scan walks the segment membership table instead (pages of member XIDs, one
+parameter for the set), so its cost follows the segment's size, not the sandbox's.
+
+Per page the work is column-wise: fragments are grouped by profile with Arrow's dictionary
+encoding; a profile made of one fragment (the usual case) keeps the stored JSON document as its
+merged attributes, with no Python work per profile; only profiles with several fragments are
+merged in Python (``merge.merge_fragments``, the look-up path's merge). A page comes out as Arrow
+arrays: profile ids, attribute JSON text, member identities and their primary flags, and
+per-profile flags; consumers parse the JSON column-wise (``attributes_table``).
+
+Which profiles: with identity graph ``pdg`` a profile is a graph (its XID); with ``none`` it is one
+primary identity (its native XID), as look-ups resolve them. Profiles of graphs over 50 identities
+are excluded (guardrail). Rows count only if their load is visible and their dataset is enabled for
+Profile. A profile "has a record" if it has at least one record fragment; event-only profiles are
+produced only with ``empty_profiles``. ``last_ms``: the latest ingestion time of the profile's
+record fragments (of its event groups too when events are read).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from userlens.profiles.merge import Policy, merge_fragments
+from userlens.profiles.store import ProfileStore, _Group, ikeys_of
+from userlens.profiles.xdm import MAX_GRAPH_IDENTITIES, native_xids
+
+PAGE = 100_000  # identities per page: bounds the scan's memory (two pages in flight)
+_END = object()
+SCAN_CACHE_KIB = 65536
+
+
+@dataclass
+class _Load:
+    dataset_id: str
+    batch_id: str
+    ingest_ms: int
+    behaviour: str
+    lake_prefix: str | None
+
+
+@dataclass
+class _Frag:  # what merge_fragments needs
+    dataset_id: str
+    pkey: str
+    doc: dict
+
+
+@dataclass
+class EventGroups:
+    """The event groups of a page's profiles, column-wise (one entry per group)."""
+
+    prof: np.ndarray  # profile index in the page
+    load: np.ndarray
+    n: np.ndarray
+    ts_min: np.ndarray
+    ts_max: np.ndarray
+    part: np.ndarray  # -1: events held inline (migrated data, `body`)
+    row0: np.ndarray
+    body: list  # JSON text or None per group
+    loads: dict  # load id -> _Load
+
+    def take(self, idx: np.ndarray) -> "EventGroups":
+        remap = np.full(max(int(self.prof.max()) + 1 if len(self.prof) else 0, int(idx.max()) + 1 if len(idx) else 0), -1, np.int64)
+        remap[idx] = np.arange(len(idx))
+        new_p = remap[self.prof] if len(self.prof) else self.prof
+        k = np.flatnonzero(new_p >= 0)
+        return EventGroups(new_p[k], self.load[k], self.n[k], self.ts_min[k], self.ts_max[k], self.part[k], self.row0[k], [self.body[i] for i in k], self.loads)
+
+    def per_profile(self, n_prof: int) -> list[list[_Group]]:
+        out: list[list[_Group]] = [[] for _ in range(n_prof)]
+        for i in range(len(self.prof)):
+            ld = self.loads[int(self.load[i])]
+            part = int(self.part[i])
+            out[int(self.prof[i])].append(_Group(int(self.load[i]), ld.dataset_id, ld.ingest_ms, ld.lake_prefix, int(self.n[i]), int(self.ts_min[i]), int(self.ts_max[i]), None if part < 0 else part, int(self.row0[i]), self.body[i]))
+        return out
+
+
+@dataclass
+class ScanPage:
+    keys: pa.Array  # profile id (XID) per profile
+    attrs: pa.Array  # merged attributes as JSON text (stored documents may still hold identityMap/_id)
+    members: pa.Array  # list<string>: the profile's identities "NS:id"
+    primary: pa.Array  # list<bool>: whether each identity is the primary identity of a record fragment (or of an event group, when events are read)
+    has_record: np.ndarray
+    last_ms: np.ndarray
+    groups: EventGroups | None = None  # the profiles' event groups (when events were asked)
+    memberships: list[dict] | None = None  # {segmentId: (status, qual_ms, version)} per profile
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, idx: np.ndarray) -> "ScanPage":
+        ia = pa.array(idx, pa.int64())
+        return ScanPage(
+            self.keys.take(ia), self.attrs.take(ia), self.members.take(ia), self.primary.take(ia), self.has_record[idx], self.last_ms[idx],
+            self.groups.take(idx) if self.groups is not None else None,
+            [self.memberships[i] for i in idx] if self.memberships is not None else None,
+        )
+
+
+class ProfileScan:
+    def __init__(self, store: ProfileStore, sandbox_id: str, policy: Policy, *, events: bool = False, empty_profiles: bool = False, memberships: bool = False, page: int | None = None, members_of: list[tuple[str, tuple[str, ...]]] | None = None):
+        self.store, self.sandbox_id, self.policy = store, sandbox_id, policy
+        self.events = events or empty_profiles
+        self.empty_profiles = empty_profiles
+        self.memberships = memberships
+        self.page = max(page or PAGE, MAX_GRAPH_IDENTITIES + 1)
+        self.pdg = policy.identity_graph == "pdg"
+        # Only the members of these segments (with these statuses): the scan then walks the membership
+        # table instead of the whole graph, so its cost follows the segment's size. Memberships are
+        # keyed by graph XID, so this applies to identity graph pdg (others scan everything and the
+        # caller filters).
+        self.members_of = members_of if members_of and self.pdg else None
+
+    def _loads(self, s) -> dict[int, _Load]:
+        rows = self.store._rows(
+            s,
+            "SELECT l.id, l.dataset_id, l.batch_id, l.ingest_ms, l.behaviour, l.lake_prefix, d.profile_enabled, d.upsert FROM aep_store_loads l JOIN aep_datasets d ON d.id = l.dataset_id WHERE l.sandbox_id = ? AND l.visible",
+            (self.sandbox_id,),
+        )
+        self.upsert = {r[1] for r in rows if r[7]}
+        return {r[0]: _Load(r[1], r[2], int(r[3]), r[4], r[5]) for r in rows if r[6]}
+
+    def pages(self, progress=None) -> Iterator[ScanPage]:
+        """Yields the sandbox's profiles page by page. `progress(n_identities_done)` is called per
+        page. The next page is read on a background thread while the caller works on this one
+        (SQLite and psycopg release the GIL while the database works): at most two pages in memory."""
+        q: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for page in self._pages(progress, stop):
+                    while not stop.is_set():
+                        try:
+                            q.put(page, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(_END)
+            except BaseException as exc:  # handed to the consumer
+                q.put(exc)
+
+        th = threading.Thread(target=produce, daemon=True, name="profile-scan")
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while th.is_alive():
+                try:
+                    q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            th.join(5)
+
+    def _pages(self, progress, stop: threading.Event) -> Iterator[ScanPage]:
+        db = self.store.db
+        # One connection for the whole scan; on SQLite with a page cache that holds the hot pages of
+        # the indexes it walks (64 MiB at most, given back at the end; measured -15% CPU per page).
+        with db.session() as s:
+            sqlite = s.bind.dialect.name == "sqlite"
+            if sqlite:
+                self.store._execute(s, f"PRAGMA cache_size=-{SCAN_CACHE_KIB}", ())
+            try:
+                yield from self._pages_in(s, progress, stop)
+            finally:
+                if sqlite:
+                    self.store._execute(s, "PRAGMA cache_size=-2000", ())
+
+    def _pages_in(self, s, progress, stop: threading.Event) -> Iterator[ScanPage]:
+        loads = self._loads(s)
+        if not loads:
+            return
+        allowed = np.fromiter(loads, np.int64, len(loads))
+        if self.members_of:
+            yield from self._member_pages(s, progress, stop, loads, allowed)
+            return
+        after: str | None = None
+        done = 0
+        while not stop.is_set():
+            q = "SELECT xid, ikey FROM aep_identities WHERE sandbox_id = ?" + (" AND xid > ?" if after is not None else "") + " ORDER BY xid, ikey LIMIT ?"
+            rows = self.store._rows(s, q, (self.sandbox_id, *((after,) if after is not None else ()), self.page))
+            if not rows:
+                return
+            last = rows[-1][0]
+            full = len(rows) == self.page
+            if full:
+                if rows[0][0] == last:  # one graph fills the page: past the guardrail, skip it
+                    after = last
+                    continue
+                cut = len(rows)
+                while rows[cut - 1][0] == last:
+                    cut -= 1
+                rows = rows[:cut]
+            lo, hi = rows[0][0], rows[-1][0]
+            out = self._page(s, rows, "{c} >= ? AND {c} <= ?", (lo, hi), loads, allowed)
+            done += len(rows)
+            if progress is not None:
+                progress(done)
+            if out is not None and len(out):
+                yield out
+            if not full:
+                return
+            after = hi
+
+    def _xid_set(self, s, xids: list[str]) -> tuple[str, tuple]:
+        """A condition "{c} is one of xids" with one parameter (a JSON array on SQLite, an array on PostgreSQL)."""
+        if s.bind.dialect.name == "sqlite":
+            return "{c} IN (SELECT value FROM json_each(?))", (json.dumps(xids),)
+        return "{c} = ANY(?)", (xids,)
+
+    def _member_pages(self, s, progress, stop: threading.Event, loads, allowed) -> Iterator[ScanPage]:
+        seg_ids = sorted({sid for sid, _ in self.members_of})
+        statuses = sorted({st for _, sts in self.members_of for st in sts})
+        cond = f"sandbox_id = ? AND segment_id IN ({', '.join('?' * len(seg_ids))}) AND status IN ({', '.join('?' * len(statuses))})"
+        per_page = max(1, self.page // 2)
+        after: str | None = None
+        done = 0
+        while not stop.is_set():
+            q = f"SELECT DISTINCT xid FROM aep_segment_members WHERE {cond}" + (" AND xid > ?" if after is not None else "") + " ORDER BY xid LIMIT ?"
+            xids = [r[0] for r in self.store._rows(s, q, (self.sandbox_id, *seg_ids, *statuses, *((after,) if after is not None else ()), per_page))]
+            if not xids:
+                return
+            where, params = self._xid_set(s, xids)
+            rows = self.store._rows(s, f"SELECT i.xid, i.ikey FROM aep_identities i WHERE i.sandbox_id = ? AND {where.format(c='i.xid')} ORDER BY i.xid, i.ikey", (self.sandbox_id, *params))
+            if rows:
+                out = self._page(s, rows, where, params, loads, allowed)
+                done += len(rows)
+                if progress is not None:
+                    progress(done)
+                if out is not None and len(out):
+                    yield out
+            if len(xids) < per_page:
+                return
+            after = xids[-1]
+
+    def _page(self, s, id_rows: list[tuple], where: str, params: tuple, loads: dict[int, _Load], allowed: np.ndarray) -> ScanPage | None:
+        """One page: `id_rows` (xid, ikey) sorted by xid, and `where` ({c}: the xid column) with its
+        parameters selecting the same graphs in SQL."""
+        st = self.store
+        ident_cols = ", f.identities" if not self.pdg else ""
+        # Rows are (xid, id, load, pkey, doc[, identities]); the xid is taken from the page's
+        # identities in Arrow rather than sent once more per row by the database.
+        join = f"FROM aep_identities i CROSS JOIN aep_fragments f WHERE i.sandbox_id = ? AND {where.format(c='i.xid')} AND f.pkey = i.ikey"
+        fcols = self._concat_fragments(s, join, params) if self.pdg and s.bind.dialect.name == "sqlite" else None
+        frows = st._rows(s, f"SELECT NULL, f.id, f.load_id, f.pkey, f.doc{ident_cols} {join}", (self.sandbox_id, *params)) if fcols is None else []
+        grows: list[tuple] = []
+        if self.events:
+            g_ident = ", g.identities" if not self.pdg else ""
+            grows = st._rows(s, f"SELECT i.xid, g.load_id, g.pkey, g.n, g.ts_min, g.ts_max, COALESCE(g.part, -1), g.row0, g.body{g_ident} FROM aep_identities i CROSS JOIN aep_event_groups g WHERE i.sandbox_id = ? AND {where.format(c='i.xid')} AND g.pkey = i.ikey", (self.sandbox_id, *params))
+        if fcols is not None:
+            f_id, f_lid, f_pkey, f_doc = fcols
+        else:
+            cols = list(zip(*frows)) if frows else [(), (), (), (), (), ()]
+            f_lid = np.array(cols[2], np.int64)
+            f_pkey = pa.array(cols[3], pa.string())
+            f_doc = pa.array(cols[4], pa.string())
+            f_id = np.array(cols[1], np.int64)
+        page_x = pa.array([r[0] for r in id_rows], pa.string())
+        page_k = pa.array([r[1] for r in id_rows], pa.string())
+        # -- record fragments (column-wise) ----------------------------------------------------------
+        keep = np.isin(f_lid, allowed)
+        if not keep.all():
+            k = np.flatnonzero(keep)
+            ka = pa.array(k, pa.int64())
+            f_lid, f_id, f_pkey, f_doc = f_lid[k], f_id[k], f_pkey.take(ka), f_doc.take(ka)
+            frows = [frows[i] for i in k] if not self.pdg else frows
+        if grows:
+            g_lid = np.fromiter((r[1] for r in grows), np.int64, len(grows))
+            keep = np.flatnonzero(np.isin(g_lid, allowed))
+            grows = [grows[i] for i in keep] if len(keep) < len(grows) else grows
+        n_frag = len(f_lid)
+        if not n_frag and not (self.empty_profiles and grows):
+            return None
+        f_key = page_x.take(pc.index_in(f_pkey, page_k)) if self.pdg else pa.array(native_xids(f_pkey.to_pylist()), pa.string())
+        g_key = ([r[0] for r in grows] if self.pdg else native_xids([r[2] for r in grows])) if grows else []
+        # Profiles: those with a record (and event-only ones when asked), in first-appearance order.
+        all_keys = pa.concat_arrays([f_key, pa.array(g_key, pa.string())]) if self.empty_profiles and g_key else f_key
+        enc = all_keys.dictionary_encode()
+        keys = enc.dictionary
+        idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        n_prof = len(keys)
+        f_idx = idx[:n_frag]
+        counts = np.bincount(f_idx, minlength=n_prof)
+        has_record = counts > 0
+        last_ms = np.zeros(n_prof, np.int64)
+        # Per profile, the row of f_doc (plus extras) that holds its merged attributes: a lone
+        # fragment's own document, else a merged one (or "{}") appended after the fragments.
+        src = np.full(n_prof, n_frag, np.int64)  # default: the "{}" extra
+        extras = ["{}"]
+        if n_frag:
+            lids = np.fromiter(loads, np.int64, len(loads))
+            ingest_of = np.fromiter((ld.ingest_ms for ld in loads.values()), np.int64, len(loads))
+            order_l = np.argsort(lids)
+            f_ingest = ingest_of[order_l][np.searchsorted(lids[order_l], f_lid)]
+            np.maximum.at(last_ms, f_idx, f_ingest)
+            single = counts[f_idx] == 1
+            s_rows = np.flatnonzero(single)
+            if self.policy.attribute_merge == "dataSetPrecedence" and len(s_rows):
+                order = set(self.policy.order)
+                listed = np.fromiter((loads[int(f_lid[i])].dataset_id in order for i in s_rows), bool, len(s_rows))
+                s_rows = s_rows[listed]
+            src[f_idx[s_rows]] = s_rows
+            multi = np.flatnonzero(~single)
+            if len(multi):
+                by: dict[int, list] = {}
+                m_pkey, m_doc = f_pkey.take(pa.array(multi)).to_pylist(), f_doc.take(pa.array(multi)).to_pylist()
+                for j, i in enumerate(multi):
+                    ld = loads[int(f_lid[i])]
+                    by.setdefault(int(f_idx[i]), []).append((ld.ingest_ms, int(f_lid[i]), int(f_id[i]), _Frag(ld.dataset_id, m_pkey[j], json.loads(m_doc[j]))))
+                for p, items in by.items():
+                    items.sort(key=lambda x: x[:3])
+                    src[p] = n_frag + len(extras)
+                    extras.append(json.dumps(merge_fragments([x[3] for x in items], self.policy, self.upsert), separators=(",", ":"), ensure_ascii=False))
+        attrs = pa.concat_arrays([f_doc, pa.array(extras, pa.string())]).take(pa.array(src, pa.int64()))
+        # -- members and primary flags ---------------------------------------------------------------
+        pkeys = pa.concat_arrays([f_pkey, pa.array([r[2] for r in grows], pa.string())]) if grows else f_pkey
+        if self.pdg:
+            # The page's identities come sorted by xid: each graph's members are one run of rows.
+            n_id = len(page_x)
+            start = np.ones(n_id, bool)
+            if n_id > 1:
+                start[1:] = pc.not_equal(page_x.slice(1), page_x.slice(0, n_id - 1)).to_numpy(zero_copy_only=False)
+            starts = np.flatnonzero(start)
+            offs = pa.array(np.append(starts, n_id).astype(np.int32))
+            graphs = pa.ListArray.from_arrays(offs, page_k)
+            members = graphs.take(pc.index_in(keys, page_x.take(pa.array(starts))))
+        else:
+            sets: list[dict] = [dict() for _ in range(n_prof)]
+            for i, r in enumerate(frows):  # identity graph none: frows were filtered like the columns
+                for k in ikeys_of(json.loads(r[5])):
+                    sets[f_idx[i]][k] = None
+            if grows:
+                g_pos = pc.index_in(pa.array(g_key, pa.string()), keys).to_numpy(zero_copy_only=False)
+                for i, r in enumerate(grows):
+                    if g_pos[i] == g_pos[i]:  # not NaN: a profile of this page (r[9]: identities)
+                        for k in ikeys_of(json.loads(r[9])):
+                            sets[int(g_pos[i])][k] = None
+            members = pa.array([sorted(d) for d in sets], pa.list_(pa.string()))
+        flat = pc.list_flatten(members)
+        prim = pc.is_in(flat, value_set=pkeys) if len(flat) else pa.array([], pa.bool_())
+        primary = pa.ListArray.from_arrays(members.offsets, prim)
+        sizes = pc.list_value_length(members).to_numpy(zero_copy_only=False)
+        ok = sizes <= MAX_GRAPH_IDENTITIES
+        page = ScanPage(keys, attrs, members, primary, has_record, last_ms)
+        # -- event groups ---------------------------------------------------------------------------
+        if self.events:
+            gc = list(zip(*grows)) if grows else [()] * 9
+            g_pos = pc.index_in(pa.array(g_key, pa.string()), keys).to_numpy(zero_copy_only=False) if grows else np.zeros(0)
+            ok_g = ~np.isnan(g_pos) if len(g_pos) else np.zeros(0, bool)
+            k = np.flatnonzero(ok_g)
+            g_load = np.array(gc[1], np.int64)[k]
+            groups = EventGroups(g_pos[k].astype(np.int64), g_load, np.array(gc[3], np.int64)[k], np.array(gc[4], np.int64)[k], np.array(gc[5], np.int64)[k], np.array(gc[6], np.int64)[k], np.array(gc[7], np.int64)[k], [gc[8][i] for i in k], loads)
+            if len(k):
+                lids = np.fromiter(loads, np.int64, len(loads))
+                ingest_of = np.fromiter((ld.ingest_ms for ld in loads.values()), np.int64, len(loads))
+                o = np.argsort(lids)
+                np.maximum.at(last_ms, groups.prof, ingest_of[o][np.searchsorted(lids[o], g_load)])
+            page.groups = groups
+        if self.memberships:
+            page.memberships = self._memberships(s, keys, where, params)
+        if not ok.all():
+            page = page.take(np.flatnonzero(ok))
+        return page
+
+    def _concat_fragments(self, s, join: str, params: tuple):
+        """SQLite: the page's fragments as four concatenated strings (group_concat), split in Arrow:
+        one Python object per column instead of one per value (the fetch was most of a page's CPU).
+        None if a value holds a separator (the caller then reads rows)."""
+        n, ids, lids, pkeys, docs = self.store._rows(s, f"SELECT count(*), group_concat(f.id), group_concat(f.load_id), group_concat(f.pkey, char(31)), group_concat(f.doc, char(10)) {join}", (self.sandbox_id, *params))[0]
+        if not n:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), pa.array([], pa.string()), pa.array([], pa.string())
+
+        def split(text: str, sep: str) -> pa.Array:
+            return pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), sep)).cast(pa.string())
+
+        f_pkey, f_doc = split(pkeys, "\x1f"), split(docs, "\n")
+        if len(f_pkey) != n or len(f_doc) != n:
+            return None
+        f_id = split(ids, ",").cast(pa.int64()).to_numpy()
+        f_lid = split(lids, ",").cast(pa.int64()).to_numpy()
+        return f_id, f_lid, f_pkey, f_doc
+
+    def _memberships(self, s, keys: pa.Array, where: str, params: tuple) -> list[dict]:
+        st = self.store
+        if self.pdg:
+            rows = st._rows(s, f"SELECT xid, segment_id, status, qual_ms, version FROM aep_segment_members WHERE sandbox_id = ? AND {where.format(c='xid')}", (self.sandbox_id, *params))
+        else:
+            rows = []
+            kl = keys.to_pylist()
+            for i in range(0, len(kl), 500):
+                chunk = kl[i : i + 500]
+                rows += st._rows(s, f"SELECT xid, segment_id, status, qual_ms, version FROM aep_segment_members WHERE sandbox_id = ? AND xid IN ({', '.join('?' * len(chunk))})", (self.sandbox_id, *chunk))
+        return self._membership_dicts(keys, rows)
+
+    @staticmethod
+    def _membership_dicts(keys: pa.Array, rows: list[tuple]) -> list[dict]:
+        out: list[dict] = [dict() for _ in range(len(keys))]
+        if rows:
+            pos = pc.index_in(pa.array([r[0] for r in rows], pa.string()), keys).to_numpy(zero_copy_only=False)
+            for p, r in zip(pos, rows):
+                if p == p:
+                    out[int(p)][r[1]] = (r[2], int(r[3]), int(r[4]))
+        return out
+
+    # -- events ------------------------------------------------------------------------------------
+    def read_events(self, page: ScanPage, *, from_ingest_ms: int | None = None, to_ingest_ms: int | None = None) -> list[list[dict]]:
+        """The de-duplicated ExperienceEvents of each profile (documents), in time order; the
+        ingestion-time filters apply after de-duplication (a later copy of an event stays hidden)."""
+        groups = page.groups.per_profile(len(page))
+        flat = [g for gs in groups for g in gs]
+        if not flat:
+            return [[] for _ in groups]
+        read = self.store._read_groups(flat, [True] * len(flat))
+        out: list[list[dict]] = []
+        k = 0
+        for gs in groups:
+            first: dict[tuple[str, str], Any] = {}
+            rows = []
+            for _ in gs:
+                for r in read[k]:
+                    key = (r.dataset_id, r.event_id)
+                    if key not in first or r.seq < first[key].seq:
+                        first[key] = r
+                k += 1
+            for r in first.values():
+                if from_ingest_ms is not None and not r.ingest_ms > from_ingest_ms:
+                    continue
+                if to_ingest_ms is not None and not r.ingest_ms < to_ingest_ms:
+                    continue
+                rows.append(r)
+            rows.sort(key=lambda r: (r.ts_ms, r.seq))
+            out.append([json.loads(r.doc) for r in rows])
+        return out
+
+
+    def event_lists(self, page: ScanPage, *, from_ingest_ms: int | None = None, to_ingest_ms: int | None = None, fields: list[tuple[str, ...]] | None = None, project=None) -> pa.Array | None:
+        """Each profile's de-duplicated events as one list<struct> column, column-wise: every lake
+        part is read once for all the page's profiles (only the row groups that hold them), the rows
+        are taken, de-duplicated by (dataset, _id) keeping the first ingested copy, filtered by
+        ingestion time, sorted by (profile, time, ingestion order) and cut into lists. None when the
+        page holds events this path cannot take (inline events of migrated data, rows stored as JSON
+        text): the caller then uses `read_events`."""
+        from userlens.profiles.columnar import Unsupported, _timestamps
+        from userlens.profiles.store import part_key
+
+        eg = page.groups
+        n = len(page)
+        if eg is None or not len(eg.prof):
+            return None
+        if (eg.part < 0).any():
+            return None
+        ds_code: dict[str, int] = {}
+        load_ds = {lid: ds_code.setdefault(ld.dataset_id, len(ds_code)) for lid, ld in eg.loads.items()}
+        g_ds = np.fromiter((load_ds[int(x)] for x in eg.load), np.int64, len(eg.load))
+        g_ing = np.fromiter((eg.loads[int(x)].ingest_ms for x in eg.load), np.int64, len(eg.load))
+        tables = []
+        pairs = np.stack([eg.load, eg.part], 1)
+        for lid, part in np.unique(pairs, axis=0):
+            sel = np.flatnonzero((eg.load == lid) & (eg.part == part))
+            key = part_key(eg.loads[int(lid)].lake_prefix, int(part))
+            md, starts = self.store.lake.meta(key)
+            row0, cnt = eg.row0[sel], eg.n[sel]
+            rg_a = np.searchsorted(starts, row0, "right") - 1
+            rg_b = np.searchsorted(starts, row0 + cnt - 1, "right") - 1
+            need = np.zeros(len(starts) - 1, bool)
+            need[rg_a] = True
+            need[rg_b] = True
+            for w in np.flatnonzero(rg_b - rg_a > 1):  # a run over three row groups or more (rare)
+                need[rg_a[w] : rg_b[w] + 1] = True
+            rgs = np.flatnonzero(need)
+            with self.store.lake.objects.open_read(self.store.lake.bucket, key) as f:
+                t = pq.ParquetFile(f, metadata=md).read_row_groups(rgs.tolist(), use_threads=False)
+            if "xdm_json" in t.column_names:
+                return None
+            base = np.zeros(len(rgs) + 1, np.int64)
+            np.cumsum(starts[rgs + 1] - starts[rgs], out=base[1:])
+            pos_of = np.full(len(starts), -1, np.int64)
+            pos_of[rgs] = np.arange(len(rgs))
+            first = base[pos_of[rg_a]] + row0 - starts[rg_a]
+            total = int(cnt.sum())
+            run_start = np.zeros(len(cnt), np.int64)
+            np.cumsum(cnt[:-1], out=run_start[1:])
+            within = np.arange(total) - np.repeat(run_start, cnt)
+            t = t.take(pa.array(np.repeat(first, cnt) + within))
+            for name, values in (("__p", np.repeat(eg.prof[sel], cnt)), ("__l", np.full(total, lid)), ("__part", np.full(total, part)), ("__row", np.repeat(row0, cnt) + within), ("__ing", np.repeat(g_ing[sel], cnt)), ("__ds", np.repeat(g_ds[sel], cnt))):
+                t = t.append_column(name, pa.array(values.astype(np.int64)))
+            tables.append(t)
+        if not tables:
+            return None
+        try:
+            ev = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+        if "_id" not in ev.column_names:
+            return None
+        # De-duplication: of the rows with one (dataset, _id), the first ingested (load, part, row).
+        ev = ev.take(pc.sort_indices(ev, [("__ds", "ascending"), ("_id", "ascending"), ("__l", "ascending"), ("__part", "ascending"), ("__row", "ascending")]))
+        m = ev.num_rows
+        first = np.ones(m, bool)
+        if m > 1:
+            same_id = pc.equal(ev.column("_id").slice(1), ev.column("_id").slice(0, m - 1)).to_numpy(zero_copy_only=False)
+            same_ds = pc.equal(ev.column("__ds").slice(1), ev.column("__ds").slice(0, m - 1)).to_numpy(zero_copy_only=False)
+            first[1:] = ~(np.asarray(same_id, bool) & np.asarray(same_ds, bool))
+        ing = ev.column("__ing").to_numpy()
+        if from_ingest_ms is not None:
+            first &= ing > from_ingest_ms
+        if to_ingest_ms is not None:
+            first &= ing < to_ingest_ms
+        ev = ev.filter(pa.array(first))
+        try:
+            ts = _timestamps(ev.column("timestamp").combine_chunks(), ev.num_rows) if "timestamp" in ev.column_names else np.zeros(ev.num_rows)
+        except Unsupported:
+            return None
+        ev = ev.append_column("__ts", pa.array(np.nan_to_num(ts, nan=0.0)))
+        ev = ev.take(pc.sort_indices(ev, [("__p", "ascending"), ("__ts", "ascending"), ("__l", "ascending"), ("__part", "ascending"), ("__row", "ascending")]))
+        counts = np.bincount(ev.column("__p").to_numpy(), minlength=n)
+        body = ev.drop([c for c in ev.column_names if c.startswith("__")])
+        if fields and project is not None:
+            body = project(body, fields)
+        if body.num_columns == 0:
+            return None
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets), body.to_struct_array().combine_chunks() if isinstance(body.to_struct_array(), pa.ChunkedArray) else body.to_struct_array())
+
+
+# -- column-wise helpers for consumers -------------------------------------------------------------
+def _lines(arr: pa.Array) -> bytes:
+    """The strings of `arr` as newline-delimited text, built in Arrow (no Python string per row)."""
+    joined = pc.binary_join_element_wise(arr, pa.scalar("\n", pa.string()), "")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    offs = np.frombuffer(joined.buffers()[1], np.int32, len(joined) + 1, joined.offset * 4)
+    return joined.buffers()[2].to_pybytes()[offs[0] : offs[-1]] if len(joined) else b""
+
+
+def json_table(arr: pa.Array) -> pa.Table:
+    """Parses a column of JSON objects (one per row, in order) into an Arrow table column-wise.
+    Fields whose values change type from row to row cannot be one Arrow column: they are kept as
+    JSON text instead (row by row, only for such pages)."""
+    n = len(arr)
+    if not n:
+        return pa.table({})
+    try:
+        t = pajson.read_json(io.BytesIO(_lines(arr)), read_options=pajson.ReadOptions(block_size=1 << 26, use_threads=True))
+        if t.num_rows == n:
+            return t
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    docs = [json.loads(x) for x in arr.to_pylist()]
+    names: dict[str, None] = {}
+    for d in docs:
+        names.update(dict.fromkeys(d))
+    cols = {}
+    for name in names:
+        values = [d.get(name) for d in docs]
+        try:
+            cols[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            cols[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+    return pa.table(cols) if cols else pa.table({"_": pa.nulls(n)}).drop(["_"])
+
+
+def attributes_table(page: ScanPage) -> pa.Table:
+    """The page's merged attributes as an Arrow table (identityMap and _id of stored documents dropped:
+    a profile's identities come from its graph)."""
+    t = json_table(page.attrs)
+    drop = [c for c in ("identityMap", "_id") if c in t.column_names]
+    if t.num_columns == 0 or t.num_rows != len(page):
+        t = pa.table({"__n": pa.nulls(len(page))})
+        drop = ["__n"]
+    return t.drop(drop) if drop else t
+
+
+def attributes_dicts(page: ScanPage) -> list[dict]:
+    out = []
+    for x in page.attrs.to_pylist():
+        d = json.loads(x)
+        d.pop("identityMap", None)
+        d.pop("_id", None)
+        out.append(d)
+    return out
+
+
+IDENTITY_ITEM = pa.struct([("id", pa.string()), ("namespace", pa.struct([("code", pa.string())])), ("primary", pa.bool_())])
+IDENTITY_MAP = pa.map_(pa.string(), pa.list_(pa.struct([("id", pa.string()), ("primary", pa.bool_())])))
+
+
+def identity_columns(page: ScanPage) -> tuple[pa.Array, pa.Array]:
+    """(identities, identityMap) of each profile, column-wise from its members: identities as
+    list<{id, namespace{code}, primary}>, identityMap as map<namespace, list<{id, primary}>>."""
+    members = page.members
+    flat = pc.list_flatten(members)
+    prim = pc.list_flatten(page.primary)
+    parts = pc.split_pattern(flat, ":", max_splits=1)
+    ns, ids = pc.list_element(parts, 0), pc.list_element(parts, 1)
+    items = pa.StructArray.from_arrays([ids, pa.StructArray.from_arrays([ns], ["code"]), prim], fields=list(IDENTITY_ITEM))
+    identities = pa.ListArray.from_arrays(members.offsets, items)
+    # identityMap: one entry per (profile, namespace) — members are grouped by namespace per profile.
+    n = len(members)
+    row = np.repeat(np.arange(n), np.diff(members.offsets.to_numpy()))
+    if len(flat):
+        t = pa.table({"row": row, "ns": ns, "i": np.arange(len(flat))})
+        t = t.sort_by([("row", "ascending"), ("ns", "ascending"), ("i", "ascending")])
+        order = t.column("i").to_numpy()
+        r_sorted = t.column("row").to_numpy()
+        ns_sorted = t.column("ns").combine_chunks()
+        new_ent = np.ones(len(order), bool)
+        new_ent[1:] = (r_sorted[1:] != r_sorted[:-1]) | pc.not_equal(ns_sorted.slice(1), ns_sorted.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+        ent_start = np.flatnonzero(new_ent)
+        ent_row = r_sorted[ent_start]
+        vals = pa.StructArray.from_arrays([ids.take(pa.array(order)), prim.take(pa.array(order))], ["id", "primary"])
+        ent_lists = pa.ListArray.from_arrays(pa.array(np.append(ent_start, len(order)).astype(np.int32)), vals)
+        map_offs = np.searchsorted(ent_row, np.arange(n + 1)).astype(np.int32)
+        identity_map = pa.MapArray.from_arrays(pa.array(map_offs), ns_sorted.take(pa.array(ent_start)), ent_lists, type=IDENTITY_MAP)
+    else:
+        identity_map = pa.array([[]] * n, IDENTITY_MAP)
+    return identities, identity_map
