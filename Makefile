@@ -24,7 +24,15 @@ serve: $(VENV)/.installed
 	$(BIN)/userlens migrate
 	$(BIN)/userlens serve
 
-test: $(VENV)/.installed-test
+# The console's browser tests drive Debian's Chromium through Playwright (never `playwright install`,
+# which downloads a browser build of its own).
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(if $(filter 0,$(shell id -u)),,sudo )
+
+$(CHROMIUM):
+	$(SUDO)apt-get update -qq && $(SUDO)apt-get install -y --no-install-recommends chromium chromium-driver
+
+test: $(VENV)/.installed-test $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-quality: $(VENV)/.installed-test

@@ -74,6 +74,17 @@ class AccountService:
                 return None
             return row.account_id, self.derive_secret(row.access_key, row.salt)
 
+    def verify(self, access_key: str, secret_key: str) -> str | None:
+        """The account id when the secret belongs to the active access key (console sign-in)."""
+        found = self.lookup(access_key)
+        if found is None or not hmac.compare_digest(found[1].encode(), secret_key.encode()):
+            return None
+        return found[0]
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A key for one purpose (e.g. signing console sessions) derived from the master key."""
+        return hmac.new(self._master, f"userlens-key:{purpose}".encode(), hashlib.sha256).digest()
+
     def list_keys(self) -> list[tuple[str, str, str]]:
         with self.db.session() as s:
             rows = s.execute(select(AccessKey.access_key, Account.name, AccessKey.active).join(Account, Account.id == AccessKey.account_id)).all()

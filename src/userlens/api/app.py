@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from userlens import __version__
+from userlens import console
 from userlens.api import aep
 from userlens.api.errors import install_error_handlers
 from userlens.api.nclue import features, shopping_intents, tasks
@@ -78,4 +79,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(features.router)
     for router in (tasks.tasks_router, tasks.runs_router, tasks.custom_attributes_router, shopping_intents.router, shopping_intents.download_router):
         app.include_router(router)
+    console.install(app)  # the web console at /console (server-rendered, same services)
     return app

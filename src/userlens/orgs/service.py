@@ -169,6 +169,14 @@ class OrgService:
                 sb = s.execute(q).first()
             return row.expires_at, GatewayInfo(row.client_id, row.org_id, row.revoked is not None and not row.revoked, tuple(sb) if sb else None)
 
+    def verify_client(self, client_id: str, client_secret: str) -> str | None:
+        """The org id of valid, unrevoked client credentials (console sign-in; issues no token)."""
+        with self.db.session() as s:
+            c = s.get(ApiClient, client_id)
+            if c is None or c.revoked or not hmac.compare_digest(c.secret_hash, _sha(client_secret)):
+                return None
+            return c.org_id
+
     def client_exists(self, client_id: str) -> bool:
         with self.db.session() as s:
             c = s.get(ApiClient, client_id)
