@@ -22,7 +22,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, update
-from test_crash_recovery import WORKER, start_worker, stop, wait_for, worker_env
+from infra.workers import WORKER, start_worker, stop, worker_env
+from test_crash_recovery import wait_for
 from test_fsck import EVENT, PROFILE, UNION, Aep, events, records
 
 from userlens.fsck import run_fsck
@@ -42,7 +43,7 @@ def start_workers(w, log_path, threads: int = 6, **extra):
     """One `userlens worker` process running every job of a stage at once, so a kill hits them all."""
     import subprocess
 
-    return subprocess.Popen(WORKER + ["--threads", str(threads)], env=worker_env(w, **extra), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(WORKER + ["--threads", str(threads)], env=worker_env(w.settings, **extra), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
 
 def owned(w, pid: int) -> list[str]:
@@ -200,7 +201,7 @@ def test_a_worker_dying_on_the_last_attempt_fails_the_job_with_a_reason(nclue, t
         job_id = s.get(Batch, bid).job_id
         s.execute(update(Job).where(Job.id == job_id).values(max_attempts=1))
     # Each check sleeps 1.5 s: after the lake part appears, the attempt waits in its progress call.
-    p = start_worker(w, tmp_path / "w.log", **{**SLOW, "USERLENS_FAULT_SLOW_CHECK_MS": 1500})
+    p = start_worker(w.settings, tmp_path / "w.log", **{**SLOW, "USERLENS_FAULT_SLOW_CHECK_MS": 1500})
     try:
         wait_for(lambda: owned(w, p.pid), 90, "the worker to take the batch")
         wait_for(lambda: [o for o in w.store.list(w.settings.internal_bucket, "aep") if "/lake/" in o.key], 30, "the attempt to write its lake part")

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     master_key: SecretStr | None = Field(None, description="Key that derives API secrets; default: generated into {data_dir}/master.key.")
+    # Limits (413 / 429 in each family's error body; see README "Security")
+    max_request_bytes: int = Field(1024 * 1024, description="Largest request body (JSON, forms) in bytes; larger ones get 413.")
+    max_upload_bytes: int = Field(256 * 1024 * 1024, description="Largest AEP batch file upload (one PUT) in bytes: AEP's single-request limit; larger ones get 413.")
+    rate_limit_per_second: float = Field(0.0, description="Per-key request rate (NCLUE access key, AEP client id); 0 turns the limit off. Over it: 429.")
+    rate_limit_burst: int = Field(20, description="Requests a key may send at once before rate_limit_per_second applies.")
 
     # Job engine
     workers: int = Field(2, description="In-process worker threads started by `userlens serve` (0: none).")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -19,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import EVENT, ev, ident
+from infra.workers import start_worker, stop
 from userlens.jobs.models import Job
 from userlens.profiles.models import EventGroup, Identity, ProfileFragment, StoreLoad
 from userlens.profiles.system_jobs import StoreDeletion
@@ -257,38 +256,6 @@ def test_two_deletes_at_once_on_overlapping_graphs(aep, regraph_mode):
 
 
 # -- a worker process killed mid-delete --------------------------------------------------------------
-def worker_env(settings, **extra) -> dict:
-    env = dict(os.environ)
-    env.update(
-        USERLENS_DATABASE_URL=settings.database_url,
-        USERLENS_DATA_DIR=str(settings.data_dir),
-        USERLENS_OBJECT_STORE=settings.object_store,
-        USERLENS_STORAGE_ROOT=str(settings.storage_root),
-        USERLENS_S3_ENDPOINT_URL=settings.s3_endpoint_url,
-        USERLENS_S3_ACCESS_KEY=settings.s3_access_key,
-        USERLENS_S3_SECRET_KEY=settings.s3_secret_key.get_secret_value(),
-        USERLENS_INTERNAL_BUCKET=settings.internal_bucket,
-        USERLENS_MASTER_KEY="test-master-key",
-        USERLENS_LEASE_SECONDS="1.5",
-        USERLENS_POLL_INTERVAL="0.05",
-        USERLENS_LOG_LEVEL="WARNING",
-    )
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def start_worker(settings, log_path, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "userlens.cli", "worker"], env=worker_env(settings, **extra), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def processed(aep, rid: str) -> int:

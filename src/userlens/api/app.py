@@ -11,6 +11,7 @@ from userlens import __version__
 from userlens import console
 from userlens.api import aep
 from userlens.api.errors import install_error_handlers
+from userlens.api.limits import BodySizeLimit
 from userlens.api.nclue import features, shopping_intents, tasks
 from userlens.config import Settings
 from userlens.services import Services, build_services
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="userlens", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.services = svc
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_request_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes)
     aep.install(app)
 
     @app.get("/healthz", tags=["service"], summary="Liveness and dependency check")

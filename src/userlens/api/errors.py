@@ -7,6 +7,7 @@ codes live in a separate 19xxx block that can never collide with the real number
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sqlalchemy.exc import DataError as DBAPIDataError
+
 from userlens.errors import DomainError
+
+log = logging.getLogger("userlens.api")
 
 # name -> (HTTP status, NCLUE code)
 NCLUE_CODES: dict[str, tuple[int, int]] = {
@@ -87,8 +92,13 @@ def family_of(request: Request) -> str:
     return "nclue"
 
 
+def family_error(request: Request, name: str, details: str, status: int | None = None) -> ApiError:
+    """The error in the body of the request's API family."""
+    return RENDERERS.get(family_of(request), render_nclue)(request, name, details, status)
+
+
 def render(request: Request, name: str, details: str, status: int | None = None) -> JSONResponse:
-    err = RENDERERS.get(family_of(request), render_nclue)(request, name, details, status)
+    err = family_error(request, name, details, status)
     return JSONResponse(err.body, status_code=err.status, headers=err.headers)
 
 
@@ -107,8 +117,27 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        name = {404: "RESOURCE_NOT_FOUND", 405: "INVALID_PARAMETER"}.get(exc.status_code, "COMMON_ERROR")
+        if isinstance(exc.__cause__, ApiError):  # e.g. a body over the size limit, wrapped by FastAPI's body parsing
+            return await _api_error(request, exc.__cause__)
+        name = {400: "INVALID_PARAMETER", 404: "RESOURCE_NOT_FOUND", 405: "INVALID_PARAMETER", 413: "PAYLOAD_TOO_LARGE"}.get(exc.status_code, "COMMON_ERROR")
         return render(request, name, str(exc.detail), exc.status_code)
+
+    async def _data_error(request: Request, exc: Exception):
+        # The database could not hold a value taken from the request (PostgreSQL: a NUL character in
+        # a text value, a number out of a column's range): the request's fault, not the server's.
+        # SQLite stores such values, so there the same request simply finds nothing.
+        log.info("request value refused by the database: %s", type(getattr(exc, "orig", exc)).__name__)
+        return render(request, "INVALID_PARAMETER", "a value in the request cannot be stored (a NUL character, or a number out of range)", 400)
+
+    # SQLAlchemy's wrapper, and psycopg's own class for the look-ups that use the raw DBAPI cursor.
+    app.add_exception_handler(DBAPIDataError, _data_error)
+    app.add_exception_handler(OverflowError, _data_error)  # sqlite3: an integer past 64 bits
+    try:
+        import psycopg
+
+        app.add_exception_handler(psycopg.DataError, _data_error)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, _exc: Exception):

@@ -80,6 +80,20 @@ def merge_fragments(fragments: list, policy: Policy, upsert_datasets: set[str]) 
     return merged
 
 
+def check_named_profile_body(body: Any) -> str:
+    """The `name` of a create body that names the profile schema (merge policies, segment
+    definitions): a JSON object with a non-blank `name` and `schema.name` = _xdm.context.profile."""
+    if not isinstance(body, dict):
+        raise InvalidParameter("the body must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidParameter("name is required")
+    schema = (body.get("schema") or {}).get("name") if isinstance(body.get("schema"), dict) else None
+    if schema != PROFILE_SCHEMA_NAME:
+        raise InvalidParameter(f"schema.name is required and must be {PROFILE_SCHEMA_NAME}")
+    return name
+
+
 class MergePolicyError(DomainError):
     name = "INVALID_PARAMETER"
 
@@ -111,14 +125,7 @@ class MergePolicyService:
 
     # -- validation ------------------------------------------------------------------------------
     def _validate(self, s, sandbox_id: str, body: dict) -> dict:
-        if not isinstance(body, dict):
-            raise InvalidParameter("the body must be a JSON object")
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidParameter("name is required")
-        schema = (body.get("schema") or {}).get("name") if isinstance(body.get("schema"), dict) else None
-        if schema != PROFILE_SCHEMA_NAME:
-            raise InvalidParameter(f"schema.name is required and must be {PROFILE_SCHEMA_NAME}")
+        name = check_named_profile_body(body)
         ig = (body.get("identityGraph") or {}).get("type") if isinstance(body.get("identityGraph"), dict) else None
         if ig not in IDENTITY_GRAPHS:
             raise InvalidParameter(f"identityGraph.type is required: one of {', '.join(IDENTITY_GRAPHS)}")
@@ -138,7 +145,7 @@ class MergePolicyService:
         for flag in ("default", "isActiveOnEdge"):
             if flag in body and not isinstance(body[flag], bool):
                 raise InvalidParameter(f"{flag} must be a boolean")
-        return {"name": name.strip(), "schema_name": schema, "identity_graph": ig, "attribute_merge": am["type"], "order": order, "is_default": bool(body.get("default", False)), "is_active_on_edge": bool(body.get("isActiveOnEdge", False))}
+        return {"name": name.strip(), "schema_name": PROFILE_SCHEMA_NAME, "identity_graph": ig, "attribute_merge": am["type"], "order": order, "is_default": bool(body.get("default", False)), "is_active_on_edge": bool(body.get("isActiveOnEdge", False))}
 
     def _apply_flags(self, s, org_id: str, sandbox_id: str, mp: MergePolicy) -> None:
         # One default per sandbox (and per class) and one active-on-edge policy: setting a new one clears the old.

@@ -39,7 +39,7 @@ from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, 
 from userlens.jobs.models import Job, JobStatus
 from userlens.orgs.service import Tenant
 from userlens.profiles.catalog import now_ms
-from userlens.profiles.merge import MergePolicyService
+from userlens.profiles.merge import MergePolicyService, check_named_profile_body
 from userlens.profiles.pql import Compiled, PqlError, compile_expression
 from userlens.profiles.scan import ProfileScan, attributes_dicts
 from userlens.profiles.store import ProfileStore
@@ -129,14 +129,7 @@ class SegmentService:
 
     # -- definitions ---------------------------------------------------------------------------
     def create_definition(self, t: Tenant, body: Any) -> SegmentDefinition:
-        if not isinstance(body, dict):
-            raise InvalidParameter("the body must be a JSON object")
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidParameter("name is required")
-        schema = (body.get("schema") or {}).get("name") if isinstance(body.get("schema"), dict) else None
-        if schema != PROFILE_SCHEMA_NAME:
-            raise InvalidParameter(f"schema.name is required and must be {PROFILE_SCHEMA_NAME}")
+        name = check_named_profile_body(body)
         expr = body.get("expression")
         try:
             compile_expression(expr)
@@ -151,7 +144,7 @@ class SegmentService:
         extra = {k: v for k, v in body.items() if k in ("ttlInDays", "payloadSchema", "profileInstanceId", "labels")}
         ms = now_ms()
         d = SegmentDefinition(
-            id=str(uuid.uuid4()), org_id=t.org_id, sandbox_id=t.sandbox_id, name=name.strip(), description=body.get("description"), schema_name=schema,
+            id=str(uuid.uuid4()), org_id=t.org_id, sandbox_id=t.sandbox_id, name=name.strip(), description=body.get("description"), schema_name=PROFILE_SCHEMA_NAME,
             expression={"type": "PQL", "format": "pql/text", "value": expr["value"]}, merge_policy_id=mp_id, evaluation_info=ev, extra=extra, version=1, created_ms=ms, updated_ms=ms,
         )
         try:

@@ -15,6 +15,7 @@ import uuid
 import anyio
 from fastapi import Request
 
+from userlens.api.auth import check_rate
 from userlens.api.errors import ApiError
 from userlens.orgs.service import MISS, Tenant
 
@@ -36,6 +37,19 @@ def foundation_error(status: int, detail: str) -> ApiError:
 def ups_error(status: int, message: str, code: str | None = None) -> ApiError:
     code = code or f"UPAPI-119{status:03d}-{status}"
     return ApiError(status, {"requestId": uuid.uuid4().hex, "errors": {str(status): [{"code": code, "message": message}]}, "type": f"https://ns.adobe.com/aep/errors/{code}", "title": message, "status": status})
+
+
+def query_int(value: str | None, name: str, default: int, lo: int, hi: int | None = None) -> int:
+    """An integer query parameter of the UPS endpoints (400 in the UPS body when malformed or out of range)."""
+    if value in (None, ""):
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ups_error(400, f"{name} must be an integer") from None
+    if n < lo or (hi is not None and n > hi):
+        raise ups_error(400, f"{name} must be between {lo} and {hi}" if hi else f"{name} must be at least {lo}")
+    return n
 
 
 def access_error(status: int, message: str) -> ApiError:
@@ -108,6 +122,7 @@ async def tenant(request: Request) -> Tenant:
         raise gateway_error(403, "403025", "Profile is not valid")
     sb_id, sb_name, sb_type = info.sandbox
     t = Tenant(org, sb_id, sb_name, sb_type, api_key)
+    check_rate(request, f"aep:{api_key}")  # per client id, after authentication (USERLENS_RATE_LIMIT_*)
     request.state.tenant = t
     return t
 

@@ -16,7 +16,7 @@ import anyio
 from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from userlens.api.aep.common import json_body, services, tenant, ups_error
+from userlens.api.aep.common import json_body, query_int, services, tenant, ups_error
 from userlens.orgs.service import Tenant
 from userlens.profiles.export import export_body
 
@@ -62,21 +62,12 @@ def _example(body: dict) -> dict:
 
 def _id(value: str) -> int:
     try:
-        return int(value)
+        job_id = int(value)
     except ValueError:
+        job_id = -1
+    if not 0 < job_id < 2**63:  # ids are positive 64-bit integers: anything else names no job
         raise ups_error(404, f"Export job '{value}' not found") from None
-
-
-def _int(value: str | None, name: str, default: int, lo: int, hi: int | None = None) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise ups_error(400, f"{name} must be an integer") from None
-    if n < lo or (hi is not None and n > hi):
-        raise ups_error(400, f"{name} must be between {lo} and {hi}" if hi else f"{name} must be at least {lo}")
-    return n
+    return job_id
 
 
 @router.post("/jobs", summary="Create a profile export job", responses=_example({**JOB_EXAMPLE, "status": "NEW", "metrics": {"totalTime": {"startTimeInMs": 1547053539564}}, "computeGatewayJobId": {}}))
@@ -89,7 +80,7 @@ async def create_export(request: Request, t: Tenant = Depends(tenant), body: dic
 @router.get("/jobs", summary="List export jobs (records, page, link.next)", responses=_example(LIST_EXAMPLE))
 def list_exports(request: Request, t: Tenant = Depends(tenant)):
     q = request.query_params
-    limit = _int(q.get("limit"), "limit", 20, 1, 1000)
+    limit = query_int(q.get("limit"), "limit", 20, 1, 1000)
     after, skip = None, 0
     offset = q.get("offset")
     field, _, direction = (q.get("sort") or "createdTime:desc").partition(":")
@@ -105,11 +96,11 @@ def list_exports(request: Request, t: Tenant = Depends(tenant)):
         if field == "updateTime":
             raise ups_error(400, "a pageOffset token pages in createdTime order; use a number offset with sort=updateTime")
     else:
-        skip = _int(offset, "offset", 0, 0)
+        skip = query_int(offset, "offset", 0, 0)
     if q.get("start") not in (None, ""):
-        skip = _int(q.get("start"), "start", 0, 0)
+        skip = query_int(q.get("start"), "start", 0, 0)
     if q.get("page") not in (None, ""):
-        skip = _int(q.get("page"), "page", 0, 0) * limit
+        skip = query_int(q.get("page"), "page", 0, 0) * limit
     status = q.get("status")
     if status and status not in ("NEW", "PROCESSING", "SUCCEEDED", "FAILED"):
         raise ups_error(400, "status must be NEW, PROCESSING, SUCCEEDED or FAILED")

@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, Body, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from userlens.api.aep.common import json_body, services, tenant, ups_error
+from userlens.api.aep.common import json_body, query_int, services, tenant, ups_error
 from userlens.orgs.service import Tenant
 from userlens.profiles.segments import TooManyJobs, definition_body, job_body
 
@@ -55,18 +55,6 @@ def _sandbox(t: Tenant) -> dict:
     return {"sandboxId": t.sandbox_id, "sandboxName": t.sandbox_name, "type": t.sandbox_type, "default": t.sandbox_type == "production"}
 
 
-def _int(value: str | None, name: str, default: int, lo: int, hi: int | None = None) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise ups_error(400, f"{name} must be an integer") from None
-    if n < lo or (hi is not None and n > hi):
-        raise ups_error(400, f"{name} must be between {lo} and {hi}" if hi else f"{name} must be at least {lo}")
-    return n
-
-
 @router.post("/definitions", summary="Create a segment definition (PQL subset: see README)", responses=_example(DEF_EXAMPLE))
 async def create_definition(request: Request, t: Tenant = Depends(tenant), body: dict[str, Any] = Body(None, examples=[PQL_EXAMPLE])):
     body = await json_body(request, error=lambda m: ups_error(400, m))
@@ -77,10 +65,10 @@ async def create_definition(request: Request, t: Tenant = Depends(tenant), body:
 @router.get("/definitions", summary="List segment definitions", responses=_example({"segments": [DEF_EXAMPLE], "page": {"totalCount": 1, "totalPages": 1, "sortField": "creationTime", "sort": "desc", "pageSize": 1, "limit": 100}, "link": {}}))
 def list_definitions(request: Request, t: Tenant = Depends(tenant)):
     q = request.query_params
-    limit = _int(q.get("limit"), "limit", 100, 1, 1000)
-    start = _int(q.get("start"), "start", 0, 0)
+    limit = query_int(q.get("limit"), "limit", 100, 1, 1000)
+    start = query_int(q.get("start"), "start", 0, 0)
     if q.get("page") not in (None, ""):
-        start = _int(q.get("page"), "page", 0, 0) * limit
+        start = query_int(q.get("page"), "page", 0, 0) * limit
     field, _, direction = (q.get("sort") or "creationTime:desc").partition(":")
     if field not in ("name", "creationTime", "updateTime", "updateEpoch") or direction not in ("", "asc", "desc"):
         raise ups_error(400, "sort must be FIELD:asc|desc with FIELD one of name, creationTime, updateTime, updateEpoch")
@@ -114,8 +102,8 @@ async def create_job(request: Request, t: Tenant = Depends(tenant), body: Any = 
 @router.get("/jobs", summary="List segment jobs", responses=_example({"_page": {"totalCount": 1, "pageSize": 1}, "children": [JOB_EXAMPLE], "_links": {"next": {}}}))
 def list_jobs(request: Request, t: Tenant = Depends(tenant)):
     q = request.query_params
-    limit = _int(q.get("limit"), "limit", 100, 1, 1000)
-    start = _int(q.get("start"), "start", 0, 0)
+    limit = query_int(q.get("limit"), "limit", 100, 1, 1000)
+    start = query_int(q.get("start"), "start", 0, 0)
     status = q.get("status")
     if status and status not in ("NEW", "QUEUED", "PROCESSING", "CANCELLING", "CANCELLED", "FAILED", "SUCCEEDED"):
         raise ups_error(400, f"status {status!r} is not a segment job status")
