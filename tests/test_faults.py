@@ -338,7 +338,7 @@ def through_proxy(backend, tmp_path):
     worker.start()
     try:
         with TestClient(app) as http:
-            from conftest import NclueEnv
+            from infra.nclue_env import NclueEnv
 
             env = NclueEnv(svc, app, NclueClient("http://testserver", creds.access_key, creds.secret_key, http=http), creds.account_id, bucket, http)
             env.extra["proxy"] = proxy

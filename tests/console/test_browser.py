@@ -117,7 +117,7 @@ def test_delete_refused_while_in_use_then_allowed(page, live):
     # the API's RESOURCE_IN_USE message and the rules; once it is done the Task can go.
     create(page, live, "shopping-intents", {"name": "second-intent"}, {"task_id": "runners (ul-hash-v2)"})
     page.goto(f"{live.url}/console/tasks")
-    page.locator("tr", has=page.get_by_text("runners", exact=True)).locator("input[type=radio]").check()
+    page.get_by_role("radio", name="Select runners", exact=True).check()  # waits for the Tasks page
     page.get_by_role("button", name="Delete").click()
     alert = page.get_by_role("alert")
     if alert.count():  # the profile may already be done on a fast machine
@@ -126,7 +126,7 @@ def test_delete_refused_while_in_use_then_allowed(page, live):
         page.goto(f"{live.url}/console/shopping-intents")
         expect(badge_of(page, "second-intent")).to_have_text("Available", timeout=60_000)
         page.goto(f"{live.url}/console/tasks")
-        page.locator("tr", has=page.get_by_text("runners", exact=True)).locator("input[type=radio]").check()
+        page.get_by_role("radio", name="Select runners", exact=True).check()  # waits for the Tasks page
         page.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("status")).to_contain_text("deleted")
     expect(page.get_by_text("runners", exact=True)).to_have_count(0)

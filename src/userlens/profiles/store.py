@@ -90,7 +90,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from userlens.profiles.models import Dataset, EventGroup, Identity, ProfileFragment, StoreLoad
@@ -106,7 +106,18 @@ READ_BLOCK = 1 << 20  # object-store read size for event reads (a few row groups
 
 # A read request (profile look-up) runs all its queries in one session: `shared_read` opens it and
 # `read_session` hands it to the store and merge-policy reads made meanwhile on this thread/task.
+# The session reads one snapshot: a look-up reads the graph, then the rows of its members, and a
+# delete (or an ingest) that commits between those two queries must not show a graph of before
+# with rows of after (PostgreSQL's default READ COMMITTED takes a snapshot per statement; SQLite's
+# driver opens no transaction for SELECTs, so each would read the newest commit).
 _READ_SESSION: ContextVar[Session | None] = ContextVar("aep_read_session", default=None)
+
+
+def _one_snapshot(s: Session, db: Database) -> None:
+    if db.dialect == "postgresql":
+        s.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    elif db.dialect == "sqlite":
+        s.connection().exec_driver_sql("BEGIN")  # WAL: the first read fixes the snapshot until commit
 
 
 @contextmanager
@@ -116,6 +127,7 @@ def shared_read(db: Database) -> Iterator[Session]:
         yield s
         return
     with db.session() as s:
+        _one_snapshot(s, db)
         token = _READ_SESSION.set(s)
         try:
             yield s
