@@ -57,6 +57,30 @@ def save(name: str, data: dict) -> Path:
     return path
 
 
+def aep_org_in_process(prefix: str):
+    """A fresh in-process userlens (SQLite + local folder in a temp folder, no workers) with one AEP
+    org: (data_dir, services, TestClient, gateway headers of its prod sandbox)."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from userlens.api.app import create_app
+    from userlens.config import Settings
+    from userlens.services import build_services
+    from userlens.storage.migrate import upgrade
+
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    settings = Settings(data_dir=data_dir, workers=0, master_key="bench", log_level="WARNING")
+    upgrade(settings.database_url)
+    svc = build_services(settings)
+    svc.store.create_bucket(settings.internal_bucket)
+    http = TestClient(create_app(settings, svc, start_workers=False))
+    creds = svc.orgs.create_org("bench")
+    tok = http.post("/ims/token/v3", data={"client_id": creds.client_id, "client_secret": creds.client_secret}).json()["access_token"]
+    headers = {"Authorization": f"Bearer {tok}", "x-api-key": creds.client_id, "x-gw-ims-org-id": creds.org_id, "x-sandbox-name": "prod"}
+    return data_dir, svc, http, headers
+
+
 @dataclass
 class Embedded:
     """userlens with its own data dir; the API runs in this process, jobs in a worker process."""

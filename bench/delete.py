@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import console, fmt_stats, save, table  # noqa: E402
+from common import aep_org_in_process, console, fmt_stats, save, table  # noqa: E402
 from ingest_profiles import SCHEMA_E, SCHEMA_R, identities  # noqa: E402
 
 BATCHES = 10
@@ -54,22 +54,7 @@ class Store:
     """An embedded userlens with an org, the two datasets and a worker run in this thread."""
 
     def __init__(self):
-        from fastapi.testclient import TestClient
-
-        from userlens.api.app import create_app
-        from userlens.config import Settings
-        from userlens.services import build_services
-        from userlens.storage.migrate import upgrade
-
-        self.data_dir = Path(tempfile.mkdtemp(prefix="ul-bench-delete-"))
-        settings = Settings(data_dir=self.data_dir, workers=0, master_key="bench", log_level="WARNING")
-        upgrade(settings.database_url)
-        self.svc = build_services(settings)
-        self.svc.store.create_bucket(settings.internal_bucket)
-        self.http = TestClient(create_app(settings, self.svc, start_workers=False))
-        creds = self.svc.orgs.create_org("bench")
-        tok = self.http.post("/ims/token/v3", data={"client_id": creds.client_id, "client_secret": creds.client_secret}).json()["access_token"]
-        self.H = {"Authorization": f"Bearer {tok}", "x-api-key": creds.client_id, "x-gw-ims-org-id": creds.org_id, "x-sandbox-name": "prod"}
+        self.data_dir, self.svc, self.http, self.H = aep_org_in_process("ul-bench-delete-")
         self.J = {**self.H, "Content-Type": "application/json"}
         self.worker = self.svc.make_worker(1)
         mp = {"name": "pdg", "schema": {"name": "_xdm.context.profile"}, "identityGraph": {"type": "pdg"}, "attributeMerge": {"type": "timestampOrdered"}, "default": True}
