@@ -42,7 +42,7 @@ from userlens.profiles.catalog import now_ms
 from userlens.profiles.merge import MergePolicyService, check_named_profile_body
 from userlens.profiles.pql import Compiled, PqlError, compile_expression
 from userlens.profiles.scan import ProfileScan, attributes_dicts
-from userlens.profiles.store import ProfileStore
+from userlens.profiles.store import ProfileStore, bulk_insert
 from userlens.profiles.xdm import PROFILE_SCHEMA_NAME
 from userlens.storage.db import Base, Database
 
@@ -381,17 +381,7 @@ class SegmentService:
             rows = list(zip([sandbox_id] * len(st["xid"]), [sid] * len(st["xid"]), st["xid"].to_pylist(), st["status"].to_pylist(), st["ms"].to_pylist(), st["version"].to_pylist()))
             if not rows:
                 continue
-            raw = s.connection().connection.driver_connection
-            if s.bind.dialect.name == "postgresql":
-                with raw.cursor() as cur, cur.copy("COPY aep_segment_members (sandbox_id, segment_id, xid, status, qual_ms, version) FROM STDIN") as cp:
-                    for r in rows:
-                        cp.write_row(r)
-            else:
-                cur = raw.cursor()
-                try:
-                    cur.executemany("INSERT INTO aep_segment_members (sandbox_id, segment_id, xid, status, qual_ms, version) VALUES (?, ?, ?, ?, ?, ?)", rows)
-                finally:
-                    cur.close()
+            bulk_insert(s, "aep_segment_members", ("sandbox_id", "segment_id", "xid", "status", "qual_ms", "version"), rows)
 
     def evaluate_now(self, ctx: JobContext | None, sandbox_id: str, seg_ids: list[str]) -> None:
         """Evaluates segments and publishes their membership at once (an export job's

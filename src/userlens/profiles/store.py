@@ -184,6 +184,27 @@ def _by_pkey(table: str, cols: str, n: int, sqlite: bool) -> str:
     return f"(SELECT {cols} FROM {table} WHERE pkey IN ({_marks(n)}) {'LIMIT -1 OFFSET 0' if sqlite else 'OFFSET 0'})"
 
 
+def bulk_insert(s: Session, table: str, cols: tuple[str, ...], rows: list[tuple], sqlite_pragmas: tuple[str, ...] = ()) -> None:
+    """Rows inserted in the session's transaction through the raw DBAPI connection: COPY on
+    PostgreSQL, one executemany on SQLite (no ORM objects; the store's and segments' bulk path)."""
+    if not rows:
+        return
+    raw = s.connection().connection.driver_connection
+    names = ", ".join(cols)
+    if s.bind.dialect.name == "postgresql":
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        return
+    cur = raw.cursor()
+    try:
+        for pragma in sqlite_pragmas:
+            cur.execute(pragma)
+        cur.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(cols))})", rows)
+    finally:
+        cur.close()
+
+
 def part_key(lake_prefix: str, part: int) -> str:
     return f"{lake_prefix}/part-{part:05d}.parquet"
 
@@ -464,21 +485,9 @@ class ProfileStore:
 
     @staticmethod
     def _insert_identities(s: Session, rows: list[tuple]) -> None:
-        """Bulk insert of (sandbox_id, ikey, xid) in the session's transaction (raw DBAPI)."""
-        if not rows:
-            return
-        raw = s.connection().connection.driver_connection
-        if s.bind.dialect.name == "postgresql":
-            with raw.cursor() as cur, cur.copy("COPY aep_identities (sandbox_id, ikey, xid) FROM STDIN") as cp:
-                for r in rows:
-                    cp.write_row(r)
-        else:
-            cur = raw.cursor()
-            try:
-                cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # the xid index is written in random order
-                cur.executemany("INSERT INTO aep_identities (sandbox_id, ikey, xid) VALUES (?, ?, ?)", rows)
-            finally:
-                cur.close()
+        """Bulk insert of (sandbox_id, ikey, xid) in the session's transaction."""
+        # the xid index is written in random order: a larger page cache on SQLite
+        bulk_insert(s, "aep_identities", ("sandbox_id", "ikey", "xid"), rows, sqlite_pragmas=(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}",))
 
     # -- deletion (dataset / event batch) and graph recomputation ------------------------------------
     # A deletion has two steps (profiles/system_jobs.py runs them as a job; delete_dataset and
