@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 from infra.nclue_env import NclueEnv  # noqa: F401 - tests import it from here too
+from infra.ray import ray_cluster  # noqa: F401 - one local Ray per session (Ray executor tests)
 from infra.backends import (  # noqa: F401 - fixtures are found by their names
     Backend,
     backend_params,

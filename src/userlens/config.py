@@ -51,8 +51,15 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     retry_backoff_seconds: float = 2.0
 
+    # Executor of heavy jobs' chunks (jobs/executor.py; README "Scaling out on Ray")
+    executor: Literal["local", "ray"] = Field("local", description="local: chunks on the worker's threads; ray: chunks as Ray tasks.")
+    ray_address: str = Field("", description="Ray cluster to join (ray://... or host:port; default $RAY_ADDRESS, else a local Ray on 127.0.0.1).")
+    ray_num_cpus: int | None = Field(None, description="CPUs of the local Ray a worker starts (default: all).")
+    ray_max_retries: int = Field(3, description="Times Ray reruns a chunk whose worker or node died.")
+
     # Features
     feature_chunk_rows: int = Field(16384, description="Users per streamed chunk (one Parquet part each).")
+    feature_chunk_bytes: int = Field(64 * 1024 * 1024, description="Features: input bytes per executor chunk (a file's byte range).")
     fault_slow_chunk_ms: int = Field(0, description="Fault injection: sleep this long after each chunk (tests only).")
     fault_slow_check_ms: int = Field(0, description="Fault injection: every job sleeps this long at each progress/cancel check (tests only).")
 

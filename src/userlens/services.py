@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from userlens.accounts.service import AccountService, load_master_key
 from userlens.config import Settings
 from userlens.jobs.engine import JobQueue, JobRegistry
+from userlens.jobs.executor import Executor, make_executor
 from userlens.jobs.worker import CORES, Worker
 from userlens.profiles.wiring import build_aep
 from userlens.storage.db import Database
@@ -46,6 +47,7 @@ class Services:
     segments: object = None
     exports: object = None
     system_jobs: object = None
+    executor: Executor | None = None  # where heavy jobs' chunks run (USERLENS_EXECUTOR)
 
     def make_worker(self, threads: int | None = None) -> Worker:
         if self.settings.worker_cores:
@@ -62,6 +64,7 @@ def build_services(settings: Settings) -> Services:
     store = make_object_store(settings)
     queue = JobQueue(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, retry_backoff_seconds=settings.retry_backoff_seconds, fault_slow_check_ms=settings.fault_slow_check_ms)
     registry = JobRegistry()
+    executor = make_executor(settings, store)
     master = load_master_key(settings.data_dir, settings.master_key.get_secret_value() if settings.master_key else None)
     accounts = AccountService(db, master)
     nclue = NclueDeps(
@@ -71,6 +74,8 @@ def build_services(settings: Settings) -> Services:
         internal_bucket=settings.internal_bucket,
         quota_bytes=settings.storage_quota_bytes,
         chunk_rows=settings.feature_chunk_rows,
+        chunk_bytes=settings.feature_chunk_bytes,
+        executor=executor,
         fault_slow_chunk_ms=settings.fault_slow_chunk_ms,
         model_name=settings.nclue_model,
         task_candidates=tuple(c.strip() for c in settings.task_candidates.split(",") if c.strip()),
@@ -84,4 +89,4 @@ def build_services(settings: Settings) -> Services:
     for service in (features, tasks, runs, custom_attributes, shopping_intents):
         service.register_jobs(registry)
     aep = build_aep(db, store, queue, registry, settings.internal_bucket)
-    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes, panels, shopping_intents, **aep)
+    return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes, panels, shopping_intents, **aep, executor=executor)

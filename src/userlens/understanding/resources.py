@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from userlens.errors import Conflict, DomainError, NotFound
 from userlens.jobs.engine import JobContext, JobQueue, JobRegistry
+from userlens.jobs.executor import LocalExecutor
 from userlens.jobs.models import Job, JobStatus
 from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 
@@ -40,9 +41,15 @@ class NclueDeps:
     internal_bucket: str
     quota_bytes: int
     chunk_rows: int = 16384
+    chunk_bytes: int = 64 * 1024 * 1024  # Feature input per executor chunk
+    executor: Any = None  # jobs.executor.Executor: where heavy jobs' chunks run (local threads or Ray)
     fault_slow_chunk_ms: int = 0
     model_name: str = ""
     task_candidates: tuple[str, ...] = ("logreg", "mlp")
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            self.executor = LocalExecutor(self.store)
 
 
 # A check names the active resources that depend on a given resource id (they block its deletion).
