@@ -11,7 +11,9 @@ the job records which folder is the published one):
   panels/builtin-source/...                                       generated input of built-in panels
   aep/{org}/{sandbox}/uploads/{batch}/{path}                      aep_batch_files.key
   aep/{org}/{sandbox}/lake/{dataset}/{batch}/{attempt}/part-*      aep_batches.lake_files (ingested
-                                                                  and exported batches), and
+                                                                  batches, with the .pkeys.parquet
+                                                                  sidecars of record parts, and
+                                                                  exported batches), and
                                                                   aep_store_loads.lake_prefix + event
                                                                   groups' part numbers
 
@@ -239,6 +241,9 @@ class Fsck:
                     for part in b.lake_files or []:
                         keys[part["key"]] = label
                         expect.append(("object", label, part["key"], part.get("size")))
+                        if part.get("pkeys"):  # a record part's primary identities (profile exports read them)
+                            keys[part["pkeys"]] = label
+                            expect.append(("object", label, part["pkeys"], None))
                 if j is not None and j.kind == "aep.batch_ingest":
                     self._batch_status(r, label, b.status, j)
             loads = {l.id: l for l in s.execute(select(StoreLoad).where(StoreLoad.visible.is_(True))).scalars()}

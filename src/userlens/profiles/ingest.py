@@ -76,6 +76,11 @@ EVENT_RUN_BYTES = 128 * 1024 * 1024  # ... and their Arrow bytes
 EVENT_ROW_GROUP = 4096  # rows per row group of an event part: what one event read decodes at least
 
 
+def pkeys_key(part_key: str) -> str:
+    """The sidecar of a record part: each row's primary identity (the record's fragment key)."""
+    return part_key.removesuffix(".parquet") + ".pkeys.parquet"
+
+
 def sandbox_root(org_id: str, sandbox_id: str) -> str:
     return f"aep/{org_id.replace('@', '_')}/{sandbox_id}"
 
@@ -635,13 +640,19 @@ class IngestService:
             b.errors = [{"code": job.fail_message or "COMMON_ERROR", "description": job.fail_detail or ""}]
         s.execute(update(Dataset).where(Dataset.id == b.dataset_id, Dataset.last_batch_id == b.id).values(last_batch_status=b.status, updated_ms=ms))
 
-    def _write_part(self, b: Batch, attempt: str, parts: list[dict], table: pa.Table, records: int, row_group_size: int | None = None) -> int:
-        """Writes one Parquet part of the batch's lake folder; returns its number."""
+    def _write_part(self, b: Batch, attempt: str, parts: list[dict], table: pa.Table, records: int, row_group_size: int | None = None, pkeys: pa.Array | None = None) -> int:
+        """Writes one Parquet part of the batch's lake folder; returns its number. With `pkeys` (the
+        primary identity of each row of a record part, in row order) a sidecar file `pkeys` holds
+        them too: an export then reads the profile records from the lake (scan.LakeExport)."""
         name = f"part-{len(parts):05d}.parquet"
         key = f"{lake_root(b)}/{attempt}/{name}"
         with self.store.open_write(self.bucket, key) as out:
             pq.write_table(table, out, compression="zstd", row_group_size=row_group_size)
         parts.append({"name": name, "key": key, "records": records})
+        if pkeys is not None:
+            parts[-1]["pkeys"] = pkeys_key(key)
+            with self.store.open_write(self.bucket, parts[-1]["pkeys"]) as out:
+                pq.write_table(pa.table({"pkey": pkeys}), out, compression="zstd")
         return len(parts) - 1
 
     def _write_sorted_part(self, b: Batch, attempt: str, parts: list[dict], table: pa.Table, order: np.ndarray) -> int:
@@ -735,7 +746,7 @@ class IngestService:
                             if run is not None:
                                 self._add_events(b, attempt, parts, run, load_id, loader, table, fast.pkeys, None if fast.single else fast.identities, fast.ts_ms)
                                 continue
-                            self._write_part(b, attempt, parts, table, n_ok)
+                            self._write_part(b, attempt, parts, table, n_ok, pkeys=fast.pkeys if to_store else None)
                             if to_store:
                                 loader.submit(self.profiles.insert_records, load_id, fast.pkeys.to_pylist(), fast.identities.to_pylist(), fast.docs.to_pylist())
                         else:
@@ -767,7 +778,7 @@ class IngestService:
                                 idents = None if single else pa.array([json.dumps(a.identities) for a in accepted], pa.string())
                                 self._add_events(b, attempt, parts, run, load_id, loader, table, pa.array([a.pkey for a in accepted], pa.string()), idents, np.array([a.ts_ms for a in accepted], np.int64))
                                 continue
-                            self._write_part(b, attempt, parts, table, len(accepted))
+                            self._write_part(b, attempt, parts, table, len(accepted), pkeys=pa.array([a.pkey for a in accepted], pa.string()) if to_store else None)
                             if to_store:
                                 loader.submit(self.profiles.insert_records, load_id, [a.pkey for a in accepted], [json.dumps(a.identities) for a in accepted], [a.doc for a in accepted])
                         ctx.progress(min(0.95, (done_bytes + f.size * 0.5) / total_bytes), f"{total} rows read, {errors.count} rejected")
