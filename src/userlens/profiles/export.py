@@ -63,7 +63,7 @@ from userlens.profiles.segments import SegmentDefinition, SegmentService, iso
 from userlens.profiles.store import ProfileStore
 from userlens.profiles.xdm import parse_timestamp_ms
 from userlens.storage.db import Base, Database
-from userlens.storage.objectstore import ObjectStore, ObjectStoreError
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError, is_full
 
 log = logging.getLogger("userlens.aep.export")
 
@@ -359,6 +359,9 @@ class _BatchWriter:
         if self._w is not None:
             try:
                 self._w.close()
+            except Exception:  # e.g. the disk is full: the object is discarded anyway
+                pass
+            try:
                 self._cm.__exit__(RuntimeError, RuntimeError("aborted"), None)
             except Exception:
                 pass
@@ -574,13 +577,12 @@ class ExportService:
             t_scan1 = now_ms()
             for w in writers:
                 w.close()
-        except ObjectStoreError as exc:
+        except BaseException as exc:
             for w in writers:
                 w.abort()
-            raise TransientJobError("0090000009", f"Error writing profiles to output path '{writers[0].prefix}': {exc}") from exc
-        except BaseException:
-            for w in writers:
-                w.abort()
+            # Parquet writes go straight to the open object: a full disk arrives as a bare OSError.
+            if isinstance(exc, ObjectStoreError) or is_full(exc):
+                raise TransientJobError("0090000009", f"Error writing profiles to output path '{writers[0].prefix}': {exc}") from exc
             raise
         t_end = now_ms()
         write_ms = int(sum(w.write_s for w in writers) * 1000)

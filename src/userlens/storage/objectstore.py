@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,16 @@ BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 class ObjectStoreError(Exception):
     """The store could not be reached or answered with an error (transient for jobs)."""
+
+
+class ObjectStoreFull(ObjectStoreError):
+    """The store has no space left (ENOSPC/EDQUOT on a local folder; an S3 server answering 507 or a
+    quota error). Transient like any store error: a job retries, and succeeds once space is freed."""
+
+
+# How a full disk or an exhausted quota reads in errors that lost their errno (pyarrow wraps the
+# OSError of a Python file object) or come from an S3-compatible server (MinIO, Ceph RGW: 507).
+FULL_MARKERS = ("No space left on device", "Disk quota exceeded", "XMinioStorageFull", "QuotaExceeded", "InsufficientStorage", "Insufficient Storage")
 
 
 class InvalidObjectPath(ValueError):
@@ -215,7 +226,24 @@ class ObjectStore:
         except (OSError, Exception) as exc:  # botocore/aiohttp errors arrive as various types
             if isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, OSError):
                 raise
+            if is_full(exc):
+                raise ObjectStoreFull(f"the object store is full: {type(exc).__name__}: {exc}") from exc
             raise ObjectStoreError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def raise_if_full() -> None:
+    """In an `except` block of open_write: a write of the caller's (f.write, outside _guard) that
+    failed for lack of space surfaces as ObjectStoreFull, like every other store call."""
+    exc = sys.exc_info()[1]
+    if exc is not None and not isinstance(exc, ObjectStoreError) and is_full(exc):
+        raise ObjectStoreFull(f"the object store is full: {type(exc).__name__}: {exc}") from exc
+
+
+def is_full(exc: BaseException) -> bool:
+    if isinstance(exc, ObjectStoreFull) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return True
+    text = str(exc)
+    return any(m in text for m in FULL_MARKERS) and not isinstance(exc, FileNotFoundError)
 
 
 def _is_temporary(name: str) -> bool:
@@ -279,8 +307,14 @@ class LocalObjectStore(ObjectStore):
 
             self._guard(_commit)
         except BaseException:
-            f.close()
+            # close() flushes what is still buffered: on a full disk it fails again (ENOSPC), and
+            # must neither replace the original error nor keep the temporary from being removed.
+            try:
+                f.close()
+            except OSError:
+                pass
             tmp.unlink(missing_ok=True)
+            raise_if_full()
             raise
 
 
@@ -373,6 +407,7 @@ class S3ObjectStore(ObjectStore):
                 # Never let fsspec's __del__ -> close() commit what was written so far (it would,
                 # if discard() failed half-way), nor log errors about the discarded buffer.
                 f.closed = True
+            raise_if_full()
             raise
 
 

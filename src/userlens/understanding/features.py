@@ -20,6 +20,7 @@ from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import sequences, vectors
 from userlens.understanding.model_registry import available_models, get_model
 from userlens.understanding.models import Feature
+from userlens.understanding.outputs import upload_failed
 from userlens.understanding.resources import ResourceService, account_storage_used
 from userlens.understanding.validation import check_name, check_path_characters, check_path_exists
 
@@ -90,7 +91,7 @@ class FeatureService(ResourceService):
             try:
                 written += future.result()
             except ObjectStoreError as exc:
-                raise TransientJobError("OBS_UPLOAD_FAILED", f"writing vectors: {exc}") from exc
+                raise upload_failed("writing vectors", exc) from exc
             if used + written > d.quota_bytes:
                 raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used, this Feature needs more than {written})")
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from userlens.jobs.engine import JobFailure, TransientJobError
-from userlens.storage.objectstore import ObjectStore, ObjectStoreError
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError, ObjectStoreFull
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -103,6 +103,13 @@ def _write_lines(f, ids: list[str], scores: np.ndarray) -> None:
     f.write(format_lines(ids, scores))
 
 
+def upload_failed(what: str, exc: ObjectStoreError) -> TransientJobError:
+    """A failed write: transient either way (retried); a full store fails, once retries run out,
+    with DISK_SPACE_SHORTAGE, any other store error with OBS_UPLOAD_FAILED."""
+    code = "DISK_SPACE_SHORTAGE" if isinstance(exc, ObjectStoreFull) else "OBS_UPLOAD_FAILED"
+    return TransientJobError(code, f"{what}: {exc}")
+
+
 def write_scores_tsv(
     store: ObjectStore,
     bucket: str,
@@ -134,5 +141,5 @@ def write_scores_tsv(
     except FileNotFoundError as exc:
         raise JobFailure("OBS_UPLOAD_FAILED", f"result bucket {bucket!r} does not exist") from exc
     except ObjectStoreError as exc:
-        raise TransientJobError("OBS_UPLOAD_FAILED", f"writing {bucket}/{key}: {exc}") from exc
+        raise upload_failed(f"writing {bucket}/{key}", exc) from exc
     return lines

@@ -22,6 +22,7 @@ from userlens.jobs.models import JobStatus
 from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import intent_report
 from userlens.understanding.models import ReferencePanel, ShoppingIntent, Task
+from userlens.understanding.outputs import upload_failed
 from userlens.understanding.panels import PanelService, iter_blocks
 from userlens.understanding.resources import ResourceService, account_storage_used
 from userlens.understanding.tasks import TaskService, load_classifier
@@ -124,7 +125,7 @@ class ShoppingIntentService(ResourceService):
             d.store.write_bytes(d.internal_bucket, key, tsv)
             disk_usage = d.store.size(d.internal_bucket, key)
         except ObjectStoreError as exc:
-            raise TransientJobError("OBS_UPLOAD_FAILED", f"writing the result: {exc}") from exc
+            raise upload_failed("writing the result", exc) from exc
         lines = int(len(data.scores))
 
         def publish(s: Session) -> None:

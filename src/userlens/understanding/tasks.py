@@ -25,6 +25,7 @@ from userlens.storage.objectstore import ObjectStoreError
 from userlens.understanding import answers, classifier, vectors
 from userlens.understanding.features import FeatureService
 from userlens.understanding.models import Feature, Task
+from userlens.understanding.outputs import upload_failed
 from userlens.understanding.resources import ResourceService, account_storage_used
 from userlens.understanding.validation import check_name, check_path_characters, check_path_exists
 
@@ -164,7 +165,7 @@ class TaskService(ResourceService):
             d.store.write_bytes(d.internal_bucket, key, data)
             disk_usage = d.store.size(d.internal_bucket, key)
         except ObjectStoreError as exc:
-            raise TransientJobError("OBS_UPLOAD_FAILED", f"writing the model: {exc}") from exc
+            raise upload_failed("writing the model", exc) from exc
 
         def publish(s: Session) -> None:
             s.execute(update(Task).where(Task.id == task_id).values(performance=performance, artifact_key=key, disk_usage=disk_usage))
