@@ -9,8 +9,10 @@ the transaction that fails it); ``aborted`` on ABORT (before the job ends).
 Uploads stream chunk by chunk to the internal bucket (``aep/{org}/{sandbox}/uploads/{batch}/{path}``)
 through ``ObjectStore.open_write``: nothing is held whole in memory, and a file appears whole or not.
 
-The job reads every file in chunks of ``chunk_rows`` rows (JSON lines, one JSON array per line as
-aepp sends, multi-line JSON, CSV, Parquet record batches), applies the row rules of ``xdm.check_row``
+Each uploaded file is one chunk of the job's executor (``jobs/executor.py``: local threads, or a
+Ray task reading and writing the object store itself; USERLENS_EXECUTOR), ``ingest_file``. It reads
+the file in chunks of ``chunk_rows`` rows (JSON lines, one JSON array per line as aepp sends,
+multi-line JSON, CSV, Parquet record batches), applies the row rules of ``xdm.check_row``
 with 1-based row numbers per file (Parquet record batches of the usual shapes go through the same
 rules column-wise, ``columnar.check_batch``, and fall back to the row path otherwise), and writes
 the accepted rows as Parquet parts under an attempt-unique folder
@@ -18,14 +20,16 @@ the accepted rows as Parquet parts under an attempt-unique folder
 rows are filtered, never converted). For Profile-enabled datasets it also feeds the profile store
 (design: store.py), tagged with a *load* (this attempt of this batch):
 * profile records: each chunk is one lake part, and its rows become record fragments in SQL;
-* ExperienceEvents: chunks gather into a *run* (at most ``event_run_rows`` rows / ``event_run_bytes``
+* ExperienceEvents: a file's chunks gather into a *run* (at most ``event_run_rows`` rows / ``event_run_bytes``
   Arrow bytes, and chunks whose schemas unify), which is sorted by (primary identity, time) and
   written as one lake part (row groups of ``EVENT_ROW_GROUP`` rows); SQL gets one *event group* per
   person of the run, pointing at its rows. The bodies stay in the lake only.
-The batch's identity graph input (every identity, and the links of rows with several) is kept
-column-wise and merged into the sandbox graph at publication. SQL inserts of Parquet input run on a
-background thread (``_Loader``); publication makes the batch, its lake files and its store rows
-visible at once.
+A file's parts are numbered from its index times ``PART_STRIDE`` (files run apart). A chunk has no
+database: it leaves each part's SQL rows in a staging file (``{attempt}/stage/``), and returns its
+counts, rejected rows and identity-graph input. The job thread, file by file in order, loads the staged
+rows (SQL inserts of Parquet input on a background thread, ``_Loader``) and gathers the graph input
+(every identity, and the links of rows with several), kept column-wise and merged into the sandbox
+graph at publication. Publication makes the batch, its lake files and its store rows visible at once.
 
 Failure threshold: the batch fails whole when at least ``failure_threshold_pct`` percent of its rows
 are rejected (default 10 %, the Identity Service's documented batch failure rate; a batch created with
@@ -55,6 +59,7 @@ from sqlalchemy.orm import Session
 
 from userlens.errors import InvalidParameter, NotFound
 from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, Outcome, TransientJobError
+from userlens.jobs.executor import LocalExecutor
 from userlens.jobs.models import JobStatus
 from userlens.orgs.service import Tenant
 from userlens.profiles.catalog import new_ulid, now_ms
@@ -163,6 +168,11 @@ class ErrorCollector:
         rows = entry[1]
         if len(rows) < 20 * MAX_ERROR_RANGES:
             rows.append(row)
+
+    def absorb(self, other: "ErrorCollector") -> None:
+        """Adds another file's rejected rows (files have distinct paths: no entry is shared)."""
+        self.by.update(other.by)
+        self.count += other.count
 
     def entries(self) -> list[dict]:
         out = []
@@ -465,11 +475,193 @@ def event_groups(pkeys: pa.Array, idents: pa.Array | None, ts: np.ndarray) -> tu
     return order, groups
 
 
+PART_STRIDE = 10_000  # lake part numbers of one file: file i writes parts i*PART_STRIDE, ... (event groups name a part by its number)
+EVENT_STAGE = ("pkey", "n", "ts_min", "ts_max", "part", "row0", "identities")  # an event part's staged SQL rows
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """What every file of an ingestion job shares (sent once to each executor task)."""
+
+    bucket: str
+    lake: str  # the attempt's lake folder
+    fmt: str
+    multiline: bool
+    behaviour: str
+    ingest_ms: int
+    to_store: bool
+    chunk_rows: int
+    event_run_rows: int
+    event_run_bytes: int
+
+    @property
+    def events(self) -> bool:
+        return self.behaviour == "time-series"
+
+
+def stage_prefix(lake: str) -> str:
+    """Where a file's chunk leaves the profile-store rows of its parts for the job thread to load."""
+    return f"{lake}/stage"
+
+
+class _PartWriter:
+    """Writes the lake parts of one file (numbered from index * PART_STRIDE, so files need not know
+    of each other) and, for the profile store, one staging file per part holding its SQL rows: a
+    chunk running on Ray has no database, the job thread loads them (then they are deleted)."""
+
+    def __init__(self, store: ObjectStore, job: FileJob, index: int, path: str):
+        self.store, self.job, self.path = store, job, path
+        self.base = index * PART_STRIDE
+        self.parts: list[dict] = []
+
+    def _next(self) -> tuple[int, str, str]:
+        if len(self.parts) >= PART_STRIDE:
+            raise JobFailure("INGEST-1290-400", f"file '{self.path}' makes more than {PART_STRIDE} lake parts: split it into several files")
+        n = self.base + len(self.parts)
+        name = f"part-{n:05d}.parquet"
+        return n, name, f"{self.job.lake}/{name}"
+
+    def _write(self, key: str, table: pa.Table, **kwargs) -> None:
+        with self.store.open_write(self.job.bucket, key) as out:
+            pq.write_table(table, out, **kwargs)
+
+    def _done(self, part: dict, n: int, stage: pa.Table | None) -> None:
+        if stage is not None:
+            part["stage"] = f"{stage_prefix(self.job.lake)}/{n:05d}.parquet"
+            self._write(part["stage"], stage, compression="zstd", compression_level=1)
+        part["size"] = self.store.size(self.job.bucket, part["key"])
+        self.parts.append(part)
+
+    def write(self, table: pa.Table, records: int, pkeys: pa.Array | None = None, identities: pa.Array | None = None, docs: pa.Array | None = None) -> None:
+        """A part of accepted rows. With `pkeys` (the primary identity of each row of a record part)
+        a sidecar file `pkeys` holds them too: an export then reads the profile records from the lake
+        (scan.LakeExport); and the rows (pkey, identities, doc) are staged for the profile store."""
+        n, name, key = self._next()
+        self._write(key, table, compression="zstd")
+        part = {"name": name, "key": key, "records": records}
+        stage = None
+        if pkeys is not None:
+            part["pkeys"] = pkeys_key(key)
+            self._write(part["pkeys"], pa.table({"pkey": pkeys}), compression="zstd")
+            stage = pa.table({"pkey": pkeys, "identities": identities, "doc": docs})
+        self._done(part, n, stage)
+
+    def add_events(self, run: _EventRun, table: pa.Table, pkeys: pa.Array, idents: pa.Array | None, ts: np.ndarray) -> None:
+        if run.rows and run.unified(table.schema) is None:
+            self.flush_events(run)  # a schema this run cannot hold
+        run.add(table, pkeys, idents, ts)
+        if run.full:
+            self.flush_events(run)
+
+    def flush_events(self, run: _EventRun) -> None:
+        """Sorts a run of events by (primary identity, time), writes it as one lake part and stages
+        its event groups (one per person). The part is written a slice at a time (memory: the run
+        once more, not twice), without dictionary encoding: with row groups this small each would
+        carry its own dictionaries (measured on the benchmark's events: 25% larger and 30% slower)."""
+        if not run.rows:
+            return
+        for table, pkeys, idents, ts in run.take():
+            order, groups = event_groups(pkeys, idents, ts)
+            del pkeys, idents, ts
+            table = table.combine_chunks()
+            n, name, key = self._next()
+            step = EVENT_ROW_GROUP * 16
+            with self.store.open_write(self.job.bucket, key) as out, pq.ParquetWriter(out, table.schema, compression="zstd", use_dictionary=False) as w:
+                for i in range(0, len(order), step):
+                    w.write_table(table.take(pa.array(order[i : i + step], pa.int64())), row_group_size=EVENT_ROW_GROUP)
+            k, cnt, t0, t1, r0, ids = (list(c) for c in zip(*groups))
+            stage = pa.table({"pkey": pa.array(k, pa.string()), "n": pa.array(cnt, pa.int64()), "ts_min": pa.array(t0, pa.int64()), "ts_max": pa.array(t1, pa.int64()), "part": pa.array([n] * len(k), pa.int64()), "row0": pa.array(r0, pa.int64()), "identities": pa.array(ids, pa.string())})
+            self._done({"name": name, "key": key, "records": table.num_rows}, n, stage)
+            del table
+
+
+def ingest_file(store: ObjectStore, job: FileJob, item: tuple[int, str, str]) -> dict:
+    """One uploaded file of a batch, an executor chunk (a local thread or a Ray task): applies the
+    row rules with 1-based row numbers of the file, writes the accepted rows as lake parts (and
+    stages their profile-store rows), and returns counts, rejected rows (an ErrorCollector), the
+    parts and the file's identity-graph input (distinct identities, and links)."""
+    index, key, path = item
+    errors = ErrorCollector()
+    graph = _GraphInput()
+    out = _PartWriter(store, job, index, path)
+    run = _EventRun(job.event_run_rows, job.event_run_bytes) if job.to_store and job.events else None
+    total = ok = row_no = 0
+    try:
+        for chunk in read_chunks(store, job.bucket, key, job.fmt, job.multiline, job.chunk_rows):
+            fast = None
+            if chunk.arrow is not None:
+                try:
+                    fast = check_batch(chunk.arrow, job.behaviour, job.ingest_ms, docs=job.to_store and not job.events)
+                except Unsupported as exc:
+                    log.info("file %s: row-by-row rules (%s)", path, exc)
+                    chunk.rows, chunk.sizes = chunk.arrow.to_pylist(), [None] * chunk.arrow.num_rows
+            if fast is not None:
+                n_rows = chunk.arrow.num_rows
+                for i, err in fast.errors:
+                    errors.add(err, path, row_no + i + 1)
+                row_no += n_rows
+                total += n_rows
+                if not fast.n_ok:
+                    continue
+                ok += fast.n_ok
+                table = pa.Table.from_batches([chunk.arrow.filter(pa.array(fast.mask, pa.bool_()))]) if fast.errors else pa.Table.from_batches([chunk.arrow])
+                if job.to_store:
+                    graph.add(fast.keys, *fast.pairs)
+                if run is not None:
+                    out.add_events(run, table, fast.pkeys, None if fast.single else fast.identities, fast.ts_ms)
+                elif job.to_store:
+                    out.write(table, fast.n_ok, fast.pkeys, fast.identities, fast.docs)
+                else:
+                    out.write(table, fast.n_ok)
+                continue
+            accepted: list[Accepted] = []
+            accepted_rows: list[dict] = []
+            mask: list[bool] = []
+            for row, size in zip(chunk.rows, chunk.sizes):
+                row_no += 1
+                res = check_row(row, job.behaviour, job.ingest_ms, size, need_doc=run is None)
+                if isinstance(res, Accepted):
+                    accepted.append(res)
+                    accepted_rows.append(row)
+                    mask.append(True)
+                else:
+                    errors.add(res, path, row_no)
+                    mask.append(False)
+            total += len(chunk.rows)
+            if not accepted:
+                continue
+            ok += len(accepted)
+            table = _lake_table(chunk, mask, accepted_rows, accepted)
+            single = all(len(a.identities) == 1 for a in accepted)
+            if job.to_store:
+                if single:
+                    graph.add(pa.array([a.pkey for a in accepted], pa.string()), _NO_KEYS, _NO_KEYS)
+                else:
+                    graph.add_rows([ikeys_of(a.identities) for a in accepted])
+            pkeys = pa.array([a.pkey for a in accepted], pa.string())
+            if run is not None:
+                idents = None if single else pa.array([json.dumps(a.identities) for a in accepted], pa.string())
+                out.add_events(run, table, pkeys, idents, np.array([a.ts_ms for a in accepted], np.int64))
+            elif job.to_store:
+                out.write(table, len(accepted), pkeys, pa.array([json.dumps(a.identities) for a in accepted], pa.string()), pa.array([a.doc for a in accepted], pa.string()))
+            else:
+                out.write(table, len(accepted))
+        if run is not None:
+            out.flush_events(run)
+    except ObjectStoreError as exc:
+        raise TransientJobError("INGEST-1503-503", f"reading or writing files: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise JobFailure("INGEST-1290-400", f"uploaded file '{path}' is missing") from exc
+    keys, pairs = graph.result() if job.to_store else (_NO_KEYS, (_NO_KEYS, _NO_KEYS))
+    return {"rows": total, "ok": ok, "errors": errors, "parts": out.parts, "keys": keys, "pairs": pairs}
+
+
 class IngestService:
     def __init__(self, db, store: ObjectStore, queue: JobQueue, bucket: str, profiles: ProfileStore, chunk_rows: int = 20000, event_run_rows: int = EVENT_RUN_ROWS, event_run_bytes: int = EVENT_RUN_BYTES):
         self.db, self.store, self.queue, self.bucket, self.profiles = db, store, queue, bucket, profiles
         self.chunk_rows = chunk_rows
         self.event_run_rows, self.event_run_bytes = event_run_rows, event_run_bytes
+        self.local = LocalExecutor(store)
 
     # -- API side ----------------------------------------------------------------------------
     def create_batch(self, t: Tenant, body: Any) -> Batch:
@@ -640,46 +832,21 @@ class IngestService:
             b.errors = [{"code": job.fail_message or "COMMON_ERROR", "description": job.fail_detail or ""}]
         s.execute(update(Dataset).where(Dataset.id == b.dataset_id, Dataset.last_batch_id == b.id).values(last_batch_status=b.status, updated_ms=ms))
 
-    def _write_part(self, b: Batch, attempt: str, parts: list[dict], table: pa.Table, records: int, row_group_size: int | None = None, pkeys: pa.Array | None = None) -> int:
-        """Writes one Parquet part of the batch's lake folder; returns its number. With `pkeys` (the
-        primary identity of each row of a record part, in row order) a sidecar file `pkeys` holds
-        them too: an export then reads the profile records from the lake (scan.LakeExport)."""
-        name = f"part-{len(parts):05d}.parquet"
-        key = f"{lake_root(b)}/{attempt}/{name}"
-        with self.store.open_write(self.bucket, key) as out:
-            pq.write_table(table, out, compression="zstd", row_group_size=row_group_size)
-        parts.append({"name": name, "key": key, "records": records})
-        if pkeys is not None:
-            parts[-1]["pkeys"] = pkeys_key(key)
-            with self.store.open_write(self.bucket, parts[-1]["pkeys"]) as out:
-                pq.write_table(pa.table({"pkey": pkeys}), out, compression="zstd")
-        return len(parts) - 1
+    def _executor(self, ctx: JobContext):
+        """The services' executor (USERLENS_EXECUTOR); this process's threads without services."""
+        return getattr(ctx.services, "executor", None) or self.local
 
-    def _write_sorted_part(self, b: Batch, attempt: str, parts: list[dict], table: pa.Table, order: np.ndarray) -> int:
-        """Writes `table` in the row order `order` as one part, a slice at a time (memory: the run
-        once more, not twice). No dictionary encoding: with row groups this small each would carry
-        its own dictionaries (measured on the benchmark's events: 25% larger and 30% slower)."""
-        table = table.combine_chunks()
-        name = f"part-{len(parts):05d}.parquet"
-        key = f"{lake_root(b)}/{attempt}/{name}"
-        step = EVENT_ROW_GROUP * 16
-        with self.store.open_write(self.bucket, key) as out, pq.ParquetWriter(out, table.schema, compression="zstd", use_dictionary=False) as w:
-            for i in range(0, len(order), step):
-                w.write_table(table.take(pa.array(order[i : i + step], pa.int64())), row_group_size=EVENT_ROW_GROUP)
-        parts.append({"name": name, "key": key, "records": table.num_rows})
-        return len(parts) - 1
-
-    def _flush_events(self, b: Batch, attempt: str, parts: list[dict], run: _EventRun, load_id: int, loader: _Loader) -> None:
-        """Sorts a run of events by (primary identity, time), writes it as one lake part and hands
-        its event groups (one per person) to the store."""
-        if not run.rows:
-            return
-        for table, pkeys, idents, ts in run.take():
-            order, groups = event_groups(pkeys, idents, ts)
-            del pkeys, idents, ts
-            part = self._write_sorted_part(b, attempt, parts, table, order)
-            del table
-            loader.submit(self.profiles.insert_event_groups, load_id, [(k, n, t0, t1, part, r0, ids) for k, n, t0, t1, r0, ids in groups])
+    def _load_stage(self, load_id: int, key: str, events: bool) -> None:
+        """Inserts a part's staged profile-store rows (written by its file's chunk)."""
+        try:
+            with self.store.open_read(self.bucket, key) as f:
+                t = pq.read_table(f)
+        except ObjectStoreError as exc:
+            raise TransientJobError("INGEST-1503-503", f"reading staged rows: {exc}") from exc
+        if events:
+            self.profiles.insert_event_groups(load_id, list(zip(*(t.column(c).to_pylist() for c in EVENT_STAGE))))
+        else:
+            self.profiles.insert_records(load_id, t.column("pkey").to_pylist(), t.column("identities").to_pylist(), t.column("doc").to_pylist())
 
     def run_job(self, ctx: JobContext) -> Outcome:
         batch_id = ctx.payload["batch_id"]
@@ -696,7 +863,6 @@ class IngestService:
             raise JobFailure("INGEST-1290-400", "the batch has no files")
         attempt = ctx.attempt_tag
         fmt = b.input_format.get("format", "json")
-        multiline = bool(b.input_format.get("isMultiLineJson"))
         to_store = ds.profile_enabled and ds.behaviour in ("record", "time-series")
         events = ds.behaviour == "time-series"
         try:
@@ -715,86 +881,38 @@ class IngestService:
         total = ok = 0
         ingest_ms = now_ms()
         load_id = self.profiles.begin_load(b.sandbox_id, b.dataset_id, batch_id, attempt, ds.behaviour, ingest_ms, f"{lake_root(b)}/{attempt}") if to_store else None
-        run = _EventRun(self.event_run_rows, self.event_run_bytes) if to_store and events else None
+        job = FileJob(self.bucket, f"{lake_root(b)}/{attempt}", fmt, bool(b.input_format.get("isMultiLineJson")), ds.behaviour, ingest_ms, to_store, self.chunk_rows, self.event_run_rows, self.event_run_bytes)
         loader = _Loader(threaded=fmt == "parquet")
+
+        def on_result(i: int, r: dict) -> None:
+            # In the job thread, file by file in order: counts, rejected rows, graph input, SQL rows.
+            nonlocal total, ok, done_bytes
+            total += r["rows"]
+            ok += r["ok"]
+            errors.absorb(r["errors"])
+            if to_store:
+                graph.add(r["keys"], *r["pairs"])
+            for p in r["parts"]:
+                stage = p.pop("stage", None)
+                if stage is not None:
+                    loader.submit(self._load_stage, load_id, stage, events)
+                parts.append(p)
+            r.clear()  # the executor keeps results until the last file: drop the graph input now
+            done_bytes += files[i].size
+            ctx.progress(min(0.95, done_bytes / total_bytes), f"{total} rows read, {errors.count} rejected")
+
         try:
-            for f in files:
-                row_no = 0
-                try:
-                    for chunk in read_chunks(self.store, self.bucket, f.key, fmt, multiline, self.chunk_rows):
-                        ctx.check()
-                        fast = None
-                        if chunk.arrow is not None:
-                            try:
-                                fast = check_batch(chunk.arrow, ds.behaviour, ingest_ms, docs=to_store and not events)
-                            except Unsupported as exc:
-                                log.info("batch %s: row-by-row rules (%s)", batch_id, exc)
-                                chunk.rows, chunk.sizes = chunk.arrow.to_pylist(), [None] * chunk.arrow.num_rows
-                        if fast is not None:
-                            n_rows = chunk.arrow.num_rows
-                            for i, err in fast.errors:
-                                errors.add(err, f.path, row_no + i + 1)
-                            row_no += n_rows
-                            total += n_rows
-                            n_ok = fast.n_ok
-                            if not n_ok:
-                                continue
-                            ok += n_ok
-                            table = pa.Table.from_batches([chunk.arrow.filter(pa.array(fast.mask, pa.bool_()))]) if fast.errors else pa.Table.from_batches([chunk.arrow])
-                            if to_store:
-                                graph.add(fast.keys, *fast.pairs)
-                            if run is not None:
-                                self._add_events(b, attempt, parts, run, load_id, loader, table, fast.pkeys, None if fast.single else fast.identities, fast.ts_ms)
-                                continue
-                            self._write_part(b, attempt, parts, table, n_ok, pkeys=fast.pkeys if to_store else None)
-                            if to_store:
-                                loader.submit(self.profiles.insert_records, load_id, fast.pkeys.to_pylist(), fast.identities.to_pylist(), fast.docs.to_pylist())
-                        else:
-                            accepted: list[Accepted] = []
-                            accepted_rows: list[dict] = []
-                            mask: list[bool] = []
-                            for row, size in zip(chunk.rows, chunk.sizes):
-                                row_no += 1
-                                res = check_row(row, ds.behaviour, ingest_ms, size, need_doc=run is None)
-                                if isinstance(res, Accepted):
-                                    accepted.append(res)
-                                    accepted_rows.append(row)
-                                    mask.append(True)
-                                else:
-                                    errors.add(res, f.path, row_no)
-                                    mask.append(False)
-                            total += len(chunk.rows)
-                            if not accepted:
-                                continue
-                            ok += len(accepted)
-                            table = _lake_table(chunk, mask, accepted_rows, accepted)
-                            single = all(len(a.identities) == 1 for a in accepted)
-                            if to_store:
-                                if single:
-                                    graph.add(pa.array([a.pkey for a in accepted], pa.string()), _NO_KEYS, _NO_KEYS)
-                                else:
-                                    graph.add_rows([ikeys_of(a.identities) for a in accepted])
-                            if run is not None:
-                                idents = None if single else pa.array([json.dumps(a.identities) for a in accepted], pa.string())
-                                self._add_events(b, attempt, parts, run, load_id, loader, table, pa.array([a.pkey for a in accepted], pa.string()), idents, np.array([a.ts_ms for a in accepted], np.int64))
-                                continue
-                            self._write_part(b, attempt, parts, table, len(accepted), pkeys=pa.array([a.pkey for a in accepted], pa.string()) if to_store else None)
-                            if to_store:
-                                loader.submit(self.profiles.insert_records, load_id, [a.pkey for a in accepted], [json.dumps(a.identities) for a in accepted], [a.doc for a in accepted])
-                        ctx.progress(min(0.95, (done_bytes + f.size * 0.5) / total_bytes), f"{total} rows read, {errors.count} rejected")
-                except ObjectStoreError as exc:
-                    raise TransientJobError("INGEST-1503-503", f"reading or writing files: {exc}") from exc
-                except FileNotFoundError as exc:
-                    raise JobFailure("INGEST-1290-400", f"uploaded file '{f.path}' is missing") from exc
-                done_bytes += f.size
-            if run is not None:
-                try:
-                    self._flush_events(b, attempt, parts, run, load_id, loader)
-                except ObjectStoreError as exc:
-                    raise TransientJobError("INGEST-1503-503", f"writing files: {exc}") from exc
+            # Row rules are Python (one thread: the GIL); Parquet input is mostly Arrow, files in parallel.
+            items = [(i, f.key, f.path) for i, f in enumerate(files)]
+            self._executor(ctx).map(ctx, ingest_file, items, shared=job, on_result=on_result, local_threads=None if fmt == "parquet" else 1)
             loader.wait()
         finally:
             loader.close()
+        if to_store:
+            try:
+                self.store.delete_prefix(self.bucket, stage_prefix(job.lake))
+            except ObjectStoreError as exc:
+                raise TransientJobError("INGEST-1503-503", str(exc)) from exc
         failed = errors.count
         if total == 0:
             raise JobFailure("INGEST-1290-400", "the batch's files hold no rows")
@@ -803,11 +921,6 @@ class IngestService:
             with self.db.session() as s:
                 s.execute(update(Batch).where(Batch.id == batch_id).values(errors=entries, failed_record_count=failed, record_count=0))
             raise JobFailure("INGEST-1299-400", f"{failed} of {total} rows rejected (threshold {b.failure_threshold_pct}%)")
-        try:
-            for p in parts:
-                p["size"] = self.store.size(self.bucket, p["key"])
-        except ObjectStoreError as exc:
-            raise TransientJobError("INGEST-1503-503", str(exc)) from exc
         size = sum(p["size"] for p in parts)
         keys, edges = graph.result()
         row_errors = errors.entries()
@@ -829,10 +942,3 @@ class IngestService:
                 self.profiles.apply_graph(s, b.sandbox_id, keys, edges)
 
         return Outcome(result={"records": ok, "failed": failed, "files": len(parts)}, publish=publish)
-
-    def _add_events(self, b: Batch, attempt: str, parts: list[dict], run: _EventRun, load_id: int, loader: _Loader, table: pa.Table, pkeys: pa.Array, idents: pa.Array | None, ts: np.ndarray) -> None:
-        if run.rows and run.unified(table.schema) is None:
-            self._flush_events(b, attempt, parts, run, load_id, loader)  # a schema this run cannot hold
-        run.add(table, pkeys, idents, ts)
-        if run.full:
-            self._flush_events(b, attempt, parts, run, load_id, loader)
