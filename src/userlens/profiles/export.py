@@ -36,6 +36,7 @@ per namespace among its identities.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -58,7 +59,7 @@ from userlens.profiles.catalog import new_ulid, now_ms
 from userlens.profiles.ingest import sandbox_root
 from userlens.profiles.merge import BUILTIN, MergePolicyService
 from userlens.profiles.models import Batch, Dataset
-from userlens.profiles.scan import ProfileScan, ScanPage, attributes_table, identity_columns, json_table
+from userlens.profiles.scan import LakeExport, ProfileScan, ScanPage, attributes_table, identity_columns, json_table
 from userlens.profiles.segments import SegmentDefinition, SegmentService, iso
 from userlens.profiles.store import ProfileStore
 from userlens.profiles.xdm import parse_timestamp_ms
@@ -381,8 +382,14 @@ class _Counters:
         row = np.repeat(np.arange(len(page), dtype=np.int64), np.diff(page.members.offsets.to_numpy()))
         ns = pc.list_element(pc.split_pattern(flat, ":", max_splits=1), 0).dictionary_encode()
         k = len(ns.dictionary)
-        pairs = np.unique(row * k + ns.indices.to_numpy(zero_copy_only=False).astype(np.int64))  # each (profile, namespace) once
-        for code, n in zip(ns.dictionary.to_pylist(), np.bincount(pairs % k, minlength=k).tolist()):
+        pair = row * k + ns.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(page) * k <= 1 << 24:  # each (profile, namespace) once: a presence table (no sort)
+            seen = np.zeros(len(page) * k, bool)
+            seen[pair] = True
+            per_ns = seen.reshape(len(page), k).sum(0)
+        else:
+            per_ns = np.bincount(np.unique(pair) % k, minlength=k)
+        for code, n in zip(ns.dictionary.to_pylist(), per_ns.tolist()):
             if n:
                 self.by_ns[code] = self.by_ns.get(code, 0) + n
 
@@ -551,19 +558,25 @@ class ExportService:
         want_membership = bool(req.segments) or out_fields is None or any(p[0] == "segmentMembership" for p in out_fields)
         want_ids = out_fields is None or any(p[0] in ("identities", "identityMap") for p in out_fields)
         members_of = [(x.segment_id, x.statuses) for x in req.segments] if req.segments else None
-        scan = ProfileScan(self.store, sandbox_id, policy, events=req.event_list, empty_profiles=req.empty_profiles, memberships=want_membership, members_of=members_of)
+        lake = None
+        if not (req.segments or req.event_list or req.empty_profiles or want_membership):
+            # Records read from the lake; graphs with several fragments from SQL (scan.LakeExport).
+            lake = LakeExport.open(self.store, self.objects, self.bucket, sandbox_id, policy, columns=sorted({p[0] for p in out_fields}) if out_fields else None, from_ingest_ms=req.from_ingest, check=ctx.check)
+        scan = ProfileScan(self.store, sandbox_id, policy, events=req.event_list, empty_profiles=req.empty_profiles, memberships=want_membership, members_of=members_of, xids=lake.rest() if lake is not None else None)
+        pages = itertools.chain(lake.pages(ctx.check), scan.pages()) if lake is not None else scan.pages()
         batch_ids = _batch_ids(dest)
         seg_of_batch = [b["segmentId"] for b in dest["batches"]] if "batches" in dest else [None]
         writers = [_BatchWriter(self.objects, self.bucket, f"{lake_folder(org_id, sandbox_id, dest['datasetId'], bid)}/{ctx.attempt_tag}") for bid in batch_ids]
         counters = _Counters()
         t_scan0 = now_ms()
         try:
-            for page in scan.pages():
+            for page in pages:
                 ctx.check()
                 keep = self._select(page, req)
                 if not len(keep):
                     continue
-                page = page.take(keep)
+                if len(keep) < len(page):
+                    page = page.take(keep)
                 table = self._rows(scan, page, req, want_ids, want_membership)
                 counters.add(page)
                 for w, seg in zip(writers, seg_of_batch):
@@ -584,6 +597,9 @@ class ExportService:
             if isinstance(exc, ObjectStoreError) or is_full(exc):
                 raise TransientJobError("0090000009", f"Error writing profiles to output path '{writers[0].prefix}': {exc}") from exc
             raise
+        finally:
+            if lake is not None:
+                lake.close()
         t_end = now_ms()
         write_ms = int(sum(w.write_s for w in writers) * 1000)
 
