@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from userlens.jobs.engine import TransientJobError
-from userlens.storage.objectstore import ObjectStore, ObjectStoreError
+from userlens.storage.objectstore import LocalObjectStore, ObjectStore, ObjectStoreError
 
 FORMAT = "q8"
 ROW_GROUP_ROWS = 16384
@@ -98,9 +98,19 @@ class VectorBlock:
         return (m if rows is None else m[rows]).astype(np.float32)
 
 
+def _open_part(store: ObjectStore, bucket: str, key: str):
+    """A part's file. A local one is opened as Arrow's own file, which reads pages into Arrow's
+    buffers: through the store's Python file object each column chunk first became a fresh Python
+    bytes object, and reading a block cost 4-7x more CPU (3-7 us against ~1 us per 2,048-dim user,
+    more than the int8 scoring of the block)."""
+    if isinstance(store, LocalObjectStore):
+        return pa.OSFile(store.path(bucket, key))
+    return store.open_read(bucket, key)
+
+
 def _read_blocks(store: ObjectStore, bucket: str, prefix: str, with_vectors: bool) -> Iterator[VectorBlock]:
     for key in part_keys(store, bucket, prefix):
-        with store.open_read(bucket, key) as f:
+        with _open_part(store, bucket, key) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             columns = ["user_id"]
