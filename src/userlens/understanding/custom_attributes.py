@@ -51,10 +51,21 @@ def and_scores(user_vectors: np.ndarray, keyword_vectors: np.ndarray) -> np.ndar
     return user_vectors @ and_direction(keyword_vectors)
 
 
+class AndScorer:
+    """Scores a block of users against the keywords (an object, not a closure: Ray pickles it)."""
+
+    def __init__(self, keyword_vectors: np.ndarray):
+        self.keyword_vectors = keyword_vectors
+
+    def __call__(self, block) -> np.ndarray:
+        return and_scores(block.matrix(), self.keyword_vectors)
+
+
 class CustomAttributesService(ScoreFileService):
     model = CustomAttributes
     kind = JOB_KIND
     label = "Custom Attributes profile"
+    storage_folder = "custom-attributes"  # the attempt's TSV pieces, until they are composed
 
     def __init__(self, deps, features: FeatureService):
         super().__init__(deps)
@@ -81,4 +92,4 @@ class CustomAttributesService(ScoreFileService):
 
     def scorer(self, row: CustomAttributes, feature: Feature):
         keyword_vectors = get_model(feature.model_name).encode_texts(list(row.keywords)).astype(np.float32)
-        return lambda block: and_scores(block.matrix(), keyword_vectors)
+        return AndScorer(keyword_vectors)

@@ -1,22 +1,25 @@
 """NCLUE Features: create (validate, register a job), list, get, delete, and the job that makes them.
 
-The job streams the sequence dataset in chunks of `feature_chunk_rows` users: parse and validate,
-tokenise and encode, write one Parquet part per chunk under an attempt-unique folder of the internal
-bucket. Only the transaction that completes the job sets `vectors_prefix`, so the vectors become
+The job splits the sequence dataset into byte ranges of about `feature_chunk_rows` users (at most
+`feature_chunk_bytes`) that the executor runs (jobs/executor.py: threads, or Ray tasks): each parses
+and validates its lines, tokenises and encodes them, and writes Parquet parts under an attempt-unique
+folder of the internal bucket; repeated user ids are found across chunks from the hashes they return. Only the transaction that completes the job sets `vectors_prefix`, so the vectors become
 visible all at once; a failed or lost attempt's folder is removed (or later found by fsck).
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from userlens.errors import InvalidParameter
 from userlens.jobs.engine import JobContext, JobFailure, Outcome, TransientJobError
-from userlens.storage.objectstore import ObjectStoreError
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 from userlens.understanding import sequences, vectors
 from userlens.understanding.model_registry import available_models, get_model
 from userlens.understanding.models import Feature
@@ -25,6 +28,75 @@ from userlens.understanding.resources import ResourceService, account_storage_us
 from userlens.understanding.validation import check_name, check_path_characters, check_path_exists
 
 JOB_KIND = "nclue.feature"
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """What every chunk of one Feature job shares (picklable: sent once to Ray)."""
+
+    model_name: str
+    bucket: str
+    out_bucket: str
+    prefix: str  # the attempt's folder of vector parts
+    chunk_rows: int
+    fault_slow_chunk_ms: int = 0
+
+
+def part_name(chunk: int, n: int) -> str:
+    """`part-{chunk}.parquet`, then `part-{chunk}_{n}.parquet` for a chunk's further parts: keys
+    sort in input order, and the first five digits are the chunk's number (fsck counts them)."""
+    return f"part-{chunk:05d}.parquet" if n == 0 else f"part-{chunk:05d}_{n:04d}.parquet"
+
+
+def encode_range(store: ObjectStore, job: EncodeJob, item: tuple[int, sequences.ByteRange]) -> dict:
+    """One chunk: parse and validate a byte range of the input, encode it, write its vector parts
+    (`part_name`). Returns counts, bytes written and the
+    users' 64-bit hashes for the duplicate check across chunks."""
+    index, rng = item
+    encoder = get_model(job.model_name)
+    # A range holds about chunk_rows users (an estimate): one part, unless it holds many more.
+    max_part = max(1, job.chunk_rows * 3 // 2)
+    ids: list[str] = []
+    seqs: list[str] = []
+    hashes: list[np.ndarray] = []
+    out = {"users": 0, "tokens": 0, "bytes": 0}
+    parts = 0
+
+    def flush() -> None:
+        nonlocal ids, seqs, parts
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            first = next(u for u in ids if u in seen or seen.add(u))
+            raise JobFailure("DUPLICATE_USERID", f"user_id {first!r} appears more than once")
+        hashes.append(sequences.DuplicateDetector.hashes(ids))
+        vecs, counts = encoder.encode(seqs)
+        try:
+            out["bytes"] += vectors.write_part(store, job.out_bucket, f"{job.prefix}/{part_name(index, parts)}", ids, vecs)
+        except ObjectStoreError as exc:
+            raise upload_failed("writing vectors", exc) from exc
+        out["users"] += len(ids)
+        out["tokens"] += int(counts.sum())
+        ids, seqs, parts = [], [], parts + 1
+        if job.fault_slow_chunk_ms:
+            time.sleep(job.fault_slow_chunk_ms / 1000)
+
+    try:
+        for lineno, raw in sequences.iter_lines(store, job.bucket, rng.key, rng.start, rng.end):
+            parsed = sequences.parse_line(rng.key, lineno, raw)
+            if parsed is None:
+                continue
+            ids.append(parsed[0])
+            seqs.append(parsed[1])
+            if len(ids) >= max_part:
+                flush()
+        if ids or parts == 0:  # an empty range writes an empty part: part numbers have no gap
+            flush()
+    except TransientJobError:
+        raise
+    except JobFailure as exc:
+        raise sequences.absolute_line(store, job.bucket, rng.key, rng.start, exc) from exc
+    out["hashes"] = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    return out
 
 
 class FeatureService(ResourceService):
@@ -73,47 +145,26 @@ class FeatureService(ResourceService):
         keys = sequences.list_input_files(d.store, bucket, path)
         if not keys:
             raise JobFailure("NOT_EXIST_FILE", f"no file at {bucket}/{path}")
-        try:
-            total_bytes = sum(d.store.size(bucket, k) for k in keys) or 1
-        except FileNotFoundError as exc:
-            raise JobFailure("NOT_EXIST_FILE", str(exc)) from exc
-        except ObjectStoreError as exc:
-            raise TransientJobError("OBS_DOWNLOAD_FAILED", str(exc)) from exc
-
+        # Chunks of about `chunk_rows` users each (one vector part), run by the executor: threads
+        # here, or Ray tasks that read the input and write their parts to the store themselves.
+        ranges = sequences.plan_ranges(d.store, bucket, keys, d.chunk_rows, d.chunk_bytes)
+        total_bytes = sum(r.end - r.start for r in ranges) or 1
+        shared = EncodeJob(model_name, bucket, d.internal_bucket, prefix, d.chunk_rows, d.fault_slow_chunk_ms)
         dup = sequences.DuplicateDetector()
-        users = tokens = written = 0
-        # Part i is written on a second thread while chunk i+1 is parsed and encoded (pyarrow and
-        # NumPy release the GIL), with at most one write in flight so memory stays bounded.
-        pending: Future | None = None
+        users = tokens = written = done_bytes = 0
 
-        def settle(future: Future) -> None:
-            nonlocal written
-            try:
-                written += future.result()
-            except ObjectStoreError as exc:
-                raise upload_failed("writing vectors", exc) from exc
+        def on_result(i: int, r: dict) -> None:
+            nonlocal users, tokens, written, done_bytes
+            dup.add_hashes(r["hashes"])
+            users, tokens, written = users + r["users"], tokens + r["tokens"], written + r["bytes"]
+            done_bytes += ranges[i].end - ranges[i].start
             if used + written > d.quota_bytes:
                 raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used, this Feature needs more than {written})")
+            ctx.progress(min(0.99, done_bytes / total_bytes), f"{users} users, {tokens} tokens")
 
-        with ThreadPoolExecutor(1, thread_name_prefix="feature-writer") as writer:
-            for i, chunk in enumerate(sequences.iter_chunks(d.store, bucket, keys, d.chunk_rows)):
-                ctx.check()
-                if len(set(chunk.user_ids)) != len(chunk.user_ids):
-                    seen: set[str] = set()
-                    first = next(u for u in chunk.user_ids if u in seen or seen.add(u))
-                    raise JobFailure("DUPLICATE_USERID", f"user_id {first!r} appears more than once")
-                dup.add(chunk.user_ids)
-                vecs, counts = encoder.encode(chunk.sequences)
-                if pending is not None:
-                    settle(pending)
-                pending = writer.submit(vectors.write_part, d.store, d.internal_bucket, f"{prefix}/part-{i:05d}.parquet", chunk.user_ids, vecs)
-                users += len(chunk.user_ids)
-                tokens += int(counts.sum())
-                ctx.progress(min(0.99, chunk.consumed_bytes / total_bytes), f"{users} users, {tokens} tokens")
-                if d.fault_slow_chunk_ms:
-                    time.sleep(d.fault_slow_chunk_ms / 1000)
-            if pending is not None:
-                settle(pending)
+        # Two chunks at a time on threads: tokenising holds the GIL, but one chunk's Parquet write
+        # (which releases it) overlaps the other's encoding, as the single-threaded loop did.
+        d.executor.map(ctx, encode_range, [(i, r) for i, r in enumerate(ranges)], shared=shared, on_result=on_result, local_threads=2)
         if users == 0:
             raise JobFailure("NOT_EXIST_FILE", f"{bucket}/{path} holds no user")
         self._check_duplicates(dup, prefix)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -99,10 +98,6 @@ def format_lines(ids: list[str], scores: np.ndarray) -> bytes:
     return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
 
 
-def _write_lines(f, ids: list[str], scores: np.ndarray) -> None:
-    f.write(format_lines(ids, scores))
-
-
 def upload_failed(what: str, exc: ObjectStoreError) -> TransientJobError:
     """A failed write: transient either way (retried); a full store fails, once retries run out,
     with DISK_SPACE_SHORTAGE, any other store error with OBS_UPLOAD_FAILED."""
@@ -110,36 +105,31 @@ def upload_failed(what: str, exc: ObjectStoreError) -> TransientJobError:
     return TransientJobError(code, f"{what}: {exc}")
 
 
-def write_scores_tsv(
+def require_bucket(store: ObjectStore, bucket: str) -> None:
+    """The result bucket must exist (checked before the work, and again when writing)."""
+    try:
+        exists = store.bucket_exists(bucket)
+    except ObjectStoreError as exc:
+        raise TransientJobError("OBS_UPLOAD_FAILED", f"checking result bucket {bucket!r}: {exc}") from exc
+    if not exists:
+        raise JobFailure("OBS_UPLOAD_FAILED", f"result bucket {bucket!r} does not exist")
+
+
+def write_tsv(
     store: ObjectStore,
     bucket: str,
     key: str,
-    batches: Iterable[tuple[list[str], np.ndarray]],
+    pieces: Iterable[bytes],
     header: tuple[str, str] = ("user_id", "score"),
-    on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Streams (user_ids, scores) batches into one TSV that appears whole; returns the line count."""
-    lines = 0
+) -> None:
+    """Writes the header and the pieces (formatted lines, in order) as one TSV that appears whole."""
     try:
-        if not store.bucket_exists(bucket):
-            raise JobFailure("OBS_UPLOAD_FAILED", f"result bucket {bucket!r} does not exist")
-        # Batch i is formatted and written on a second thread while batch i+1 is computed (the
-        # caller's NumPy work releases the GIL); at most one batch waits, so memory stays bounded.
-        with store.open_write(bucket, key) as f, ThreadPoolExecutor(1, thread_name_prefix="tsv-writer") as writer:
+        require_bucket(store, bucket)
+        with store.open_write(bucket, key) as f:
             f.write(("\t".join(header) + "\n").encode())
-            pending: Future | None = None
-            for ids, scores in batches:
-                future = writer.submit(_write_lines, f, ids, scores)
-                if pending is not None:
-                    pending.result()
-                pending = future
-                lines += len(ids)
-                if on_batch:
-                    on_batch(lines)
-            if pending is not None:
-                pending.result()
+            for piece in pieces:
+                f.write(piece)
     except FileNotFoundError as exc:
         raise JobFailure("OBS_UPLOAD_FAILED", f"result bucket {bucket!r} does not exist") from exc
     except ObjectStoreError as exc:
         raise upload_failed(f"writing {bucket}/{key}", exc) from exc
-    return lines

@@ -25,6 +25,7 @@ class RunService(ScoreFileService):
     model = TaskRun
     kind = JOB_KIND
     label = "Run"
+    storage_folder = "runs"  # the attempt's TSV pieces, until they are composed into the result
 
     def __init__(self, deps, features: FeatureService, tasks: TaskService):
         super().__init__(deps)

@@ -18,6 +18,7 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -30,6 +31,7 @@ from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 MAX_USER_ID_LENGTH = 100
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one user's line (2,048 tokens are kept; far longer lines are not text)
 BLOCK_BYTES = 4 * 1024 * 1024
+TAIL_BYTES = 64 * 1024
 MAGIC = {
     b"\x1f\x8b": "gzip",
     b"PK\x03\x04": "zip",
@@ -84,8 +86,12 @@ def _check_binary(key: str, head: bytes) -> None:
         raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: binary content (NUL bytes); expected UTF-8 tab-delimited text")
 
 
-def iter_lines(store: ObjectStore, bucket: str, key: str) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line without newline) for every line of one object, in bounded blocks."""
+def iter_lines(store: ObjectStore, bucket: str, key: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line without newline) for every line of one object, in bounded blocks.
+
+    With a byte range, the lines that START in [start, end) (Hadoop's rule: a range that begins
+    mid-line leaves that line to the range before it); line numbers then count from the range's
+    first line (`absolute_line` turns them into the file's)."""
     try:
         f = store.open_read(bucket, key)
     except FileNotFoundError as exc:
@@ -94,11 +100,23 @@ def iter_lines(store: ObjectStore, bucket: str, key: str) -> Iterator[tuple[int,
         raise TransientJobError("OBS_DOWNLOAD_FAILED", f"{key}: {exc}") from exc
     lineno = 0
     rest = b""
-    first = True
+    first = start == 0
+    skipping = start > 0  # the end of the line that began before the range
+    offset = start - 1 if skipping else 0  # file offset of the next block's first byte
+    rest_at = start  # file offset of `rest`'s first byte
+    pad = 0
+    limit = end if end is not None else float("inf")
     with f:
+        try:
+            if skipping:
+                f.seek(offset)
+        except Exception as exc:
+            raise TransientJobError("OBS_DOWNLOAD_FAILED", f"{key}: {exc}") from exc
         while True:
+            # Whole blocks inside the range; past its end, small ones to finish the last line.
+            size = BLOCK_BYTES if offset + BLOCK_BYTES <= limit else max(int(limit - offset), TAIL_BYTES)
             try:
-                block = f.read(BLOCK_BYTES)
+                block = f.read(size)
             except FileNotFoundError as exc:
                 raise JobFailure("NOT_EXIST_FILE", f"{key} disappeared while reading") from exc
             except Exception as exc:
@@ -107,22 +125,98 @@ def iter_lines(store: ObjectStore, bucket: str, key: str) -> Iterator[tuple[int,
                 _check_binary(key, block[:4096])
                 if block.startswith(b"\xef\xbb\xbf"):
                     block = block[3:]
+                    offset = pad = 3  # the BOM belongs to line 1, which starts at byte 0
                 first = False
             if b"\x00" in block:  # the whole block, not only the head the magic check saw
                 raise JobFailure("UNEXPECTED_FILE_TYPE", f"{key}: binary content (NUL bytes) after line {lineno}")
             if not block:
                 break
+            if skipping:
+                nl = block.find(b"\n")
+                if nl < 0:
+                    offset += len(block)
+                    if offset - start > MAX_LINE_BYTES:
+                        raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key}: a line longer than {MAX_LINE_BYTES} bytes ends after byte {start}")
+                    continue
+                block = block[nl + 1 :]
+                offset += nl + 1
+                rest_at = offset
+                skipping = False
+                if rest_at >= limit:
+                    return
+            offset += len(block)
             lines = (rest + block).split(b"\n")
             rest = lines.pop()
             for line in lines:
+                if rest_at >= limit:
+                    return
                 lineno += 1
                 if len(line) > MAX_LINE_BYTES:
                     raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno}: longer than {MAX_LINE_BYTES} bytes")
                 yield lineno, line
+                rest_at += len(line) + 1 + pad
+                pad = 0
+            if rest_at >= limit:
+                return
             if len(rest) > MAX_LINE_BYTES:  # a line that never ends would grow without bound
                 raise JobFailure("UNEXPECTED_TXT_FORMAT", f"{key} line {lineno + 1}: longer than {MAX_LINE_BYTES} bytes")
-        if rest:
+        if rest and not skipping and rest_at < limit:
             yield lineno + 1, rest
+
+
+LINE_IN_DETAIL = re.compile(r"^(?P<head>.*? line )(?P<n>\d+)(?P<tail>.*)$", re.S)
+
+
+def absolute_line(store: ObjectStore, bucket: str, key: str, start: int, failure: JobFailure) -> JobFailure:
+    """The failure of a range that starts at `start` with its line number counted from the file's
+    start (read only when a range fails: the newlines before it, plus the one that ended the line
+    the range skipped)."""
+    m = LINE_IN_DETAIL.match(failure.detail)
+    if start == 0 or m is None or not m.group("head").startswith(key):
+        return failure
+    before = 1
+    try:
+        with store.open_read(bucket, key) as f:
+            left = start - 1
+            while left > 0:
+                block = f.read(min(BLOCK_BYTES, left))
+                if not block:
+                    break
+                before += block.count(b"\n")
+                left -= len(block)
+    except Exception:  # the range's own number still names the line, within the range
+        return failure
+    return type(failure)(failure.code, f"{m.group('head')}{int(m.group('n')) + before}{m.group('tail')}")
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    key: str
+    start: int
+    end: int
+
+
+def plan_ranges(store: ObjectStore, bucket: str, keys: list[str], rows_per_range: int, max_bytes: int) -> list[ByteRange]:
+    """Splits the input files into byte ranges of about `rows_per_range` lines each (the line length
+    estimated from the first MiB), at most `max_bytes` long; every file gets at least one range."""
+    try:
+        sizes = [store.size(bucket, k) for k in keys]
+        sample = b""
+        for k, size in zip(keys, sizes):
+            if size:
+                with store.open_read(bucket, k) as f:
+                    sample = f.read(1024 * 1024)
+                break
+    except FileNotFoundError as exc:
+        raise JobFailure("NOT_EXIST_FILE", str(exc)) from exc
+    except ObjectStoreError as exc:
+        raise TransientJobError("OBS_DOWNLOAD_FAILED", str(exc)) from exc
+    line_bytes = max(1, len(sample) // max(1, sample.count(b"\n")))
+    step = max(1024, min(max_bytes, line_bytes * rows_per_range))
+    ranges = []
+    for k, size in zip(keys, sizes):
+        ranges += [ByteRange(k, lo, min(size, lo + step)) for lo in range(0, max(1, size), step)]
+    return ranges
 
 
 def parse_line(key: str, lineno: int, raw: bytes) -> tuple[str, str] | None:
@@ -178,7 +272,15 @@ class DuplicateDetector:
         self._hashes: list[np.ndarray] = []
 
     def add(self, user_ids: list[str]) -> None:
-        self._hashes.append(np.fromiter((xxhash.xxh64_intdigest(u.encode()) for u in user_ids), dtype=np.uint64, count=len(user_ids)))
+        self._hashes.append(self.hashes(user_ids))
+
+    def add_hashes(self, hashes: np.ndarray) -> None:
+        """Hashes made elsewhere (a chunk on another machine returns its users' hashes)."""
+        self._hashes.append(hashes)
+
+    @staticmethod
+    def hashes(user_ids: list[str]) -> np.ndarray:
+        return np.fromiter((xxhash.xxh64_intdigest(u.encode()) for u in user_ids), dtype=np.uint64, count=len(user_ids))
 
     def candidate_hashes(self) -> np.ndarray:
         if not self._hashes:

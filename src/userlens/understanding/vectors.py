@@ -108,17 +108,22 @@ def _open_part(store: ObjectStore, bucket: str, key: str):
     return store.open_read(bucket, key)
 
 
+def read_part(store: ObjectStore, bucket: str, key: str, with_vectors: bool = True) -> Iterator[VectorBlock]:
+    """The row groups of one part, in order (an executor chunk reads one part)."""
+    with _open_part(store, bucket, key) as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        columns = ["user_id"]
+        if with_vectors:
+            columns += ["vector_q8", "vector_scale"] if "vector_q8" in names else ["vector"]
+        for rg in range(pf.num_row_groups):
+            t = pf.read_row_group(rg, columns=columns)
+            yield VectorBlock(t.column("user_id").to_pylist(), t)
+
+
 def _read_blocks(store: ObjectStore, bucket: str, prefix: str, with_vectors: bool) -> Iterator[VectorBlock]:
     for key in part_keys(store, bucket, prefix):
-        with _open_part(store, bucket, key) as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            columns = ["user_id"]
-            if with_vectors:
-                columns += ["vector_q8", "vector_scale"] if "vector_q8" in names else ["vector"]
-            for rg in range(pf.num_row_groups):
-                t = pf.read_row_group(rg, columns=columns)
-                yield VectorBlock(t.column("user_id").to_pylist(), t)
+        yield from read_part(store, bucket, key, with_vectors)
 
 
 def iter_blocks(store: ObjectStore, bucket: str, prefix: str, with_vectors: bool = True) -> Iterator[VectorBlock]:
