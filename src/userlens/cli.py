@@ -98,14 +98,28 @@ def serve(
 
 
 @app.command()
-def worker(threads: int = typer.Option(1, help="Jobs run at once by this process.")) -> None:
+def worker(
+    threads: int = typer.Option(1, help="Jobs run at once by this process."),
+    ray: bool = typer.Option(False, "--ray", help="Run heavy jobs' chunks on Ray: joins USERLENS_RAY_ADDRESS / RAY_ADDRESS, else starts a local Ray bound to 127.0.0.1."),
+) -> None:
     """Run job workers as a separate process (any number may share one database)."""
     settings = _settings()
+    if ray:
+        from userlens.jobs.executor import connect_ray
+
+        settings.executor = "ray"
+        typer.echo(f"ray: {connect_ray(settings)}")
     svc = _prepare(settings)
     w = svc.make_worker(threads)
     signal.signal(signal.SIGTERM, lambda *_: w._stop.set())
-    typer.echo(f"worker {w.worker_id} running {threads} thread(s); kinds: {', '.join(sorted(svc.registry.kinds))}")
-    w.run_forever()
+    typer.echo(f"worker {w.worker_id} running {threads} thread(s) on the {svc.executor.name} executor; kinds: {', '.join(sorted(svc.registry.kinds))}")
+    try:
+        w.run_forever()
+    finally:
+        if ray:
+            import ray as ray_module
+
+            ray_module.shutdown()
 
 
 @keys_app.command("create")

@@ -184,10 +184,7 @@ class RayExecutor(Executor):
 
         with self._lock:
             if not ray.is_initialized():
-                if self.address:
-                    ray.init(address=self.address, log_to_driver=False)
-                else:
-                    start_local_ray(self.num_cpus)
+                _init_ray(self.address, self.num_cpus)
             if self._remote is None:
                 self._remote = ray.remote(num_cpus=1)(_ray_chunk)
         return ray
@@ -270,9 +267,33 @@ def start_local_ray(num_cpus: int | None = None, object_store_mb: int = 256) -> 
     )
 
 
+def _ray_address(settings) -> str:
+    return settings.ray_address or os.environ.get("RAY_ADDRESS", "")
+
+
+def _init_ray(address: str, num_cpus: int | None) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        start_local_ray(num_cpus)
+
+
+def connect_ray(settings) -> str:
+    """Joins the cluster the settings name, or starts a local Ray (`userlens worker --ray`);
+    returns a line describing it."""
+    import ray
+
+    address = _ray_address(settings)
+    if not ray.is_initialized():
+        _init_ray(address, settings.ray_num_cpus)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    return f"joined {address} ({cpus} CPUs)" if address else f"local Ray on 127.0.0.1 ({cpus} CPUs)"
+
+
 def make_executor(settings, store: ObjectStore) -> Executor:
     """The executor the settings ask for (USERLENS_EXECUTOR)."""
     if getattr(settings, "executor", "local") == "ray":
-        address = settings.ray_address or os.environ.get("RAY_ADDRESS", "")
-        return RayExecutor(StoreSpec.from_settings(settings), address=address, num_cpus=settings.ray_num_cpus, max_retries=settings.ray_max_retries)
+        return RayExecutor(StoreSpec.from_settings(settings), address=_ray_address(settings), num_cpus=settings.ray_num_cpus, max_retries=settings.ray_max_retries)
     return LocalExecutor(store)
