@@ -22,10 +22,13 @@ not with the profiles' data.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import time
 import uuid
-from typing import Any
+from collections import deque
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -36,20 +39,23 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from userlens.errors import DomainError, InvalidParameter, NotFound
 from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, Outcome
+from userlens.jobs.executor import LocalExecutor
 from userlens.jobs.models import Job, JobStatus
 from userlens.orgs.service import Tenant
 from userlens.profiles.catalog import now_ms
 from userlens.profiles.merge import MergePolicyService, check_named_profile_body
 from userlens.profiles.pql import Compiled, PqlError, compile_expression
-from userlens.profiles.scan import ProfileScan, attributes_dicts
+from userlens.profiles.scan import ProfileScan, ScanPage, attributes_dicts
 from userlens.profiles.store import ProfileStore, bulk_insert
 from userlens.profiles.xdm import PROFILE_SCHEMA_NAME
 from userlens.storage.db import Base, Database
+from userlens.storage.objectstore import ObjectStore
 
 log = logging.getLogger("userlens.aep.segments")
 
 JOB_KIND = "aep.segment_evaluate"
 ACTIVE_STATUSES = ("realized", "existing")
+CHUNK_PROFILES = 20_000  # profiles per executor chunk of a segment job
 MAX_ACTIVE_JOBS = 5  # per sandbox: more are refused with 429, as AEP does ("too many segmentation jobs")
 
 
@@ -123,9 +129,36 @@ def membership_map(store: ProfileStore, sandbox_id: str, xid: str) -> dict:
     return {"ups": {r[0]: {"status": r[1], "lastQualificationTime": iso(int(r[2])), "version": int(r[3])} for r in sorted(rows)}}
 
 
+def match_profiles(store: ObjectStore, shared: dict, item: dict) -> dict[str, np.ndarray]:
+    """An executor chunk of a segment job (a local thread or a Ray task): which profiles of a slice
+    qualify for each segment. `item` holds what the predicates read, the slice of the scan's page (merged
+    attributes as JSON text) and, when a segment reads events, their events: no database access."""
+    if shared.get("slow_ms"):  # fault injection (tests): a chunk that takes a while
+        time.sleep(shared["slow_ms"] / 1000)
+    compiled = [(sid, compile_expression(expr)) for sid, expr in shared["segments"]]
+    docs = attributes_dicts(item["page"])
+    evs = item["events"]
+    now = shared["now"]
+    return {sid: np.fromiter((c.matches(d, evs[i] if evs is not None else None, now) for i, d in enumerate(docs)), bool, len(docs)) for sid, c in compiled}
+
+
+class _NoJob:
+    """evaluate() outside a job: nothing to cancel, this process's threads."""
+
+    services = None
+
+    def check(self) -> None:
+        pass
+
+    def cores(self) -> int:
+        return 1
+
+
 class SegmentService:
-    def __init__(self, db: Database, queue: JobQueue, store: ProfileStore, policies: MergePolicyService):
+    def __init__(self, db: Database, queue: JobQueue, store: ProfileStore, policies: MergePolicyService, chunk_profiles: int = CHUNK_PROFILES):
         self.db, self.queue, self.store, self.policies = db, queue, store, policies
+        self.chunk_profiles = chunk_profiles
+        self.local = LocalExecutor(store.lake.objects)
 
     # -- definitions ---------------------------------------------------------------------------
     def create_definition(self, t: Tenant, body: Any) -> SegmentDefinition:
@@ -302,9 +335,14 @@ class SegmentService:
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self, ctx: JobContext | None, sandbox_id: str, segs: list[dict]) -> dict:
         """Evaluates segment snapshots over every profile; returns the new membership state of each
-        segment (Arrow arrays) and the counters. One scan per merge policy."""
+        segment (Arrow arrays) and the counters. One scan per merge policy; the predicates run on the
+        executor (``match_profiles``, slices of ``chunk_profiles`` profiles), the rest here."""
         now = now_ms()
+        ctx = ctx if ctx is not None else _NoJob()
+        executor = getattr(ctx.services, "executor", None) or self.local
+        slow_ms = int(getattr(getattr(ctx.services, "settings", None), "fault_slow_chunk_ms", 0) or 0)
         compiled: dict[str, Compiled] = {}
+        exprs = {sg["segmentId"]: sg["segment"]["expression"] for sg in segs}
         for sg in segs:
             try:
                 compiled[sg["segmentId"]] = compile_expression(sg["segment"]["expression"])
@@ -328,22 +366,31 @@ class SegmentService:
             seen: list[pa.Array] = []
             cnt = {sid: {"qualified": 0, "by_ns": {}, "by_status": {"realized": 0, "existing": 0, "exited": 0}} for sid in seg_ids}
             n_policy = 0
-            for page in scan.pages():
-                if ctx is not None:
-                    ctx.check()
-                docs = attributes_dicts(page)
-                evs = scan.read_events(page) if events else None
-                keys = page.keys.to_pylist()
-                members = page.members.to_pylist()
+            slices: deque[ScanPage] = deque()  # the slices handed to the executor, not yet decided
+
+            def chunks(pages: Iterator[ScanPage]) -> Iterator[dict]:
+                # In the job thread (the scan reads SQL and the lake): profiles in slices for the executor.
+                for page in pages:
+                    evs = scan.read_events(page) if events else None
+                    for a in range(0, len(page), self.chunk_profiles):
+                        b = min(len(page), a + self.chunk_profiles)
+                        piece = page if (a, b) == (0, len(page)) else page.take(np.arange(a, b))
+                        slices.append(piece)
+                        yield {"page": dataclasses.replace(piece, groups=None, memberships=None), "events": evs[a:b] if evs is not None else None}
+
+            def on_result(_: int, matched: dict[str, np.ndarray]) -> None:
+                # In the job thread, in scan order: each profile's new status from its old one.
+                nonlocal n_policy
+                piece = slices.popleft()
+                keys = piece.keys.to_pylist()
+                members = piece.members.to_pylist()
                 n_policy += len(keys)
-                seen.append(page.keys)
+                seen.append(piece.keys)
                 for sid in seg_ids:
-                    c = compiled[sid]
                     p = parts[sid]
                     k = cnt[sid]
-                    for i, xid in enumerate(keys):
-                        q = c.matches(docs[i], evs[i] if evs is not None else None, now)
-                        prev = page.memberships[i].get(sid)
+                    for i, (xid, q) in enumerate(zip(keys, matched.pop(sid).tolist())):
+                        prev = piece.memberships[i].get(sid)
                         if q:
                             st = "existing" if prev is not None and prev[0] in ACTIVE_STATUSES else "realized"
                             p["xid"].append(xid), p["status"].append(st), p["ms"].append(now), p["version"].append(1)
@@ -355,6 +402,13 @@ class SegmentService:
                             exit_ms = now if prev[0] in ACTIVE_STATUSES else prev[1]
                             p["xid"].append(xid), p["status"].append("exited"), p["ms"].append(exit_ms), p["version"].append(prev[2])
                             k["by_status"]["exited"] += 1
+
+            shared = {"segments": [(sid, exprs[sid]) for sid in seg_ids], "now": now, "slow_ms": slow_ms}
+            pages = scan.pages()
+            try:
+                executor.map(ctx, match_profiles, chunks(pages), shared=shared, on_result=on_result, local_threads=1)  # PQL is Python: the GIL
+            finally:
+                pages.close()  # stops the scan's reader thread, also on a cancel
             total_profiles += n_policy
             totals[mp_id or "none"] = n_policy
             seen_all = pa.chunked_array(seen, pa.string()) if seen else pa.chunked_array([], pa.string())
