@@ -3,9 +3,11 @@ the gateway headers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
 
@@ -93,22 +95,32 @@ class AepEnv:
         return c.get_batch(bid) | {"id": bid}
 
 
-@pytest.fixture
-def aep(backend):
+@contextlib.contextmanager
+def aep_env(backend, org: str = "main-org", **settings_extra) -> Iterator[AepEnv]:
+    """An app on `backend` with its own internal bucket and an org named `org`; `settings_extra`
+    (e.g. executor="ray") go to its Settings."""
     from fastapi.testclient import TestClient
 
     from userlens.api.app import create_app
     from userlens.services import build_services
 
-    settings = Settings(**backend.settings_kwargs(), workers=0, internal_bucket=f"internal-{uuid.uuid4().hex[:10]}", lease_seconds=5, retry_backoff_seconds=0.01, master_key="test-master-key")
+    settings = Settings(**backend.settings_kwargs(), workers=0, internal_bucket=f"internal-{uuid.uuid4().hex[:10]}", lease_seconds=5, retry_backoff_seconds=0.01, master_key="test-master-key", **settings_extra)
     svc = build_services(settings)
     svc.store.create_bucket(settings.internal_bucket)
     app = create_app(settings, svc, start_workers=False)
-    with TestClient(app) as http:
-        env = AepEnv(svc, app, http, None)
-        env.client = env.new_org("main-org")
+    try:
+        with TestClient(app) as http:
+            env = AepEnv(svc, app, http, None)
+            env.client = env.new_org(org)
+            yield env
+    finally:
+        svc.close()
+
+
+@pytest.fixture
+def aep(backend):
+    with aep_env(backend) as env:
         yield env
-    svc.close()
 
 
 def ident(ns, value, primary=False):
