@@ -22,6 +22,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, update
+from infra.soak import SOAK, scaled
 from infra.workers import WORKER, start_worker, stop, worker_env
 from test_crash_recovery import wait_for
 from test_fsck import EVENT, PROFILE, UNION, Aep, events, records
@@ -30,9 +31,8 @@ from userlens.fsck import run_fsck
 from userlens.jobs.models import Job
 from userlens.samples import sequences as sample
 
-SOAK = os.environ.get("USERLENS_SOAK", "") not in ("", "0", "false")
-KILLS = int(os.environ.get("USERLENS_FAULT_KILLS", "8" if SOAK else "2"))
-ROUNDS = 3 if SOAK else 1
+KILLS = int(os.environ.get("USERLENS_FAULT_KILLS", scaled(2, 8)))
+ROUNDS = scaled(1, 3)
 SEED = int(os.environ.get("USERLENS_FAULT_SEED", "20261122"))
 N_USERS = 600
 SLOW = {"USERLENS_FAULT_SLOW_CHECK_MS": 120, "USERLENS_FEATURE_CHUNK_ROWS": 100, "USERLENS_DELETE_CHUNK_ROWS": 5}
@@ -418,3 +418,36 @@ def test_database_connections_killed_mid_job(through_proxy):
     assert w.client.get("/api/v1/features")["total"] == 0  # the service answers
     report = run_fsck(w.svc)
     assert report.clean, report.render()
+
+
+def test_job_threads_run_at_a_lower_priority_than_requests(nclue):
+    """Worker threads (and the threads their jobs start) run at nice `worker_nice` (10), so that on a
+    busy machine API requests and the database get the cores first; the serving threads keep theirs."""
+    import threading
+
+    from userlens.jobs.engine import Outcome
+
+    svc = nclue.svc
+    seen = {}
+
+    def handler(ctx):
+        seen["job"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        child = threading.Thread(target=lambda: seen.setdefault("child", os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        child.start()
+        child.join()
+        return Outcome()
+
+    svc.registry.register("test.priority", handler)
+    with svc.db.session() as s:
+        job_id = svc.queue.submit(s, "test.priority", "test", {}).id
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    w = svc.make_worker(1)
+    w.start()
+    try:
+        wait_for(lambda: svc.queue.get(job_id).terminal, 30, "the job")
+    finally:
+        w.stop(10)
+    assert svc.queue.get(job_id).status == "completed"
+    assert seen == {"job": max(mine, svc.settings.worker_nice), "child": max(mine, svc.settings.worker_nice)} and svc.settings.worker_nice == 10
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    assert nclue.client.get("/api/v1/features")["total"] == 0

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
 
     # Job engine
     workers: int = Field(2, description="In-process worker threads started by `userlens serve` (0: none).")
+    worker_nice: int = Field(10, description="Nice value of job threads (Linux), so API requests win the cores over jobs (0: same priority).")
     worker_cores: int | None = Field(None, description="Cores this process's jobs share (default: all; set it when several worker processes share a machine).")
     lease_seconds: float = 30.0
     poll_interval: float = 0.2

@@ -52,7 +52,7 @@ class Services:
     def make_worker(self, threads: int | None = None) -> Worker:
         if self.settings.worker_cores:
             CORES.cores = self.settings.worker_cores
-        return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval)
+        return Worker(self.queue, self.registry, self, threads=threads if threads is not None else max(1, self.settings.workers), poll_interval=self.settings.poll_interval, nice=self.settings.worker_nice)
 
     def close(self) -> None:
         self.db.dispose()

@@ -5,6 +5,7 @@ that must never show up in logs, error bodies or the console."""
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from aep_fixtures import AepClient  # registered by tests/security/conftest.py
+from infra.soak import scaled
 from userlens.accounts.signature import make_signature
 from userlens.api.app import create_app
 from userlens.orgs.models import AccessToken
@@ -114,6 +116,56 @@ def test_an_exact_replay_of_a_mutating_request_is_refused(nclue):
     # GETs are not recorded: identical reads (same millisecond, same URI) from concurrent clients are fine.
     g = signed(ak, sk, "GET", FEATURES)
     assert [http.get(FEATURES, headers=g).status_code for _ in range(3)] == [200, 200, 200]
+
+
+TAMPER_ATTEMPTS = scaled(60, 3000)  # USERLENS_SOAK=1: many more
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def test_random_tamperings_of_signed_requests_are_refused(nclue):
+    """Seeded random attempts over the NCLUE routes: a correctly signed request with one thing changed
+    (a character of the signed path or query, of the signature or of the access key; the method; a
+    timestamp past the window; another account's secret) is refused with 401 every time, never echoes
+    a secret, and changes nothing."""
+    import random
+
+    http, (ak, sk) = nclue.http, creds_of(nclue)
+    other = nclue.svc.accounts.create_key("other")
+    rng = random.Random(20261206)
+    bases = ["/api/v1/features", "/api/v1/tasks", "/api/v1/task-runs", "/api/v1/profile/custom-attributes", "/api/v1/profile/shopping-intents"]
+    tampers = collections.Counter()
+    for _ in range(TAMPER_ATTEMPTS):
+        method = rng.choice(["GET", "GET", "DELETE", "POST"])
+        by_id = method == "DELETE" or (method == "GET" and rng.random() < 0.3)  # POST creates: no id
+        uri = rng.choice(bases) + (f"/{uuid.uuid4()}" if by_id else "")
+        if method == "GET" and rng.random() < 0.5:
+            uri += f"?limit={rng.randint(1, 100)}&index={rng.randint(0, 9)}"
+        how = rng.choice(["uri", "signature", "key", "method", "stale", "secret"])
+        ts = now_ms()
+        sign_uri, sign_method, key, secret = uri, method, ak, sk
+        if how == "uri":
+            i = rng.randrange(len(uri))
+            sign_uri = uri[:i] + rng.choice([c for c in "abcdef0123456789/?&=-" if c != uri[i]]) + uri[i + 1 :]
+        elif how == "method":
+            sign_method = rng.choice([m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m != method])
+        elif how == "stale":
+            ts += rng.choice([-1, 1]) * rng.randint(301, 86400 * 30) * 1000
+        elif how == "secret":
+            secret = other.secret_key
+        h = signed(key, secret, method, uri, ts=ts, sign_uri=sign_uri, sign_method=sign_method)
+        if how == "signature":
+            sig = h["x-ncp-apigw-signature-v2"]
+            i = rng.randrange(len(sig) - 1)  # not the final '=' padding
+            h["x-ncp-apigw-signature-v2"] = sig[:i] + rng.choice([c for c in B64 if c != sig[i]]) + sig[i + 1 :]
+        elif how == "key":
+            i = rng.randrange(len(ak))
+            h["x-ncp-iam-access-key"] = ak[:i] + rng.choice([c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" if c != ak[i]]) + ak[i + 1 :]
+        body = json.dumps(feature_body(nclue, f"t{tampers.total()}")) if method == "POST" else None
+        r = http.request(method, uri, headers={**h, "content-type": "application/json"}, content=body)
+        denied(r, sk, other.secret_key)
+        tampers[how] += 1
+    assert min(tampers.values()) > 0 and tampers.total() == TAMPER_ATTEMPTS, tampers
+    assert nclue.client.get(FEATURES)["total"] == 0  # nothing was created
 
 
 def test_replay_cache_window_and_bound():

@@ -6,7 +6,7 @@ reach the handlers rather than the authentication check, against an app that hol
 caller. Checks: no 5xx, and a response whose status the document describes matches its schema. Every
 failure is collected (operation, request, response) and reported together.
 
-Soak: USERLENS_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/security/test_fuzz.py
+Soak: USERLENS_SOAK=1 (100 per operation), or USERLENS_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/security/test_fuzz.py
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from aep_fixtures import AepClient, ev, ident, EVENT  # registered by tests/security/conftest.py
+from infra.soak import scaled
 from userlens.accounts.signature import make_signature
 
-EXAMPLES = int(os.environ.get("USERLENS_FUZZ_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("USERLENS_FUZZ_EXAMPLES", scaled(6, 100)))
 FAMILIES = {"nclue": ("/api/v1",), "aep": ("/data", "/ims")}
 
 

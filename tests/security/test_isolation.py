@@ -18,9 +18,11 @@ import pytest
 from fastapi.routing import APIRoute
 
 from aep_fixtures import EVENT, ev, ident  # registered by tests/security/conftest.py
+from infra.soak import scaled
 from userlens.samples import sequences as sample
 
 NOT_FOUND_ID = "00000000-0000-4000-8000-000000000000"
+INTRUDERS = scaled(1, 5)  # per kind of intruder (another account; another org; another sandbox)
 
 # Routes that name no resource of a tenant (or are another surface with its own tests), with why.
 NOT_SCOPED: dict[tuple[str, str], str] = {
@@ -141,8 +143,20 @@ def nclue_snapshot(w) -> dict:
 )
 def test_nclue_another_accounts_resources_are_invisible_and_untouchable(nclue_world):
     w = nclue_world
-    other = w.extra["other"]
     before = nclue_snapshot(w)
+    # Soak (USERLENS_SOAK=1): more intruding accounts, each comparing with another never-existing id.
+    intruders = [(w.extra["other"], NOT_FOUND_ID)] + [(w.other_client(), str(uuid.uuid4())) for _ in range(INTRUDERS - 1)]
+    probes = sum(nclue_probe(w, other, missing) for other, missing in intruders)
+    w.run_jobs()
+    assert nclue_snapshot(w) == before  # nothing of A changed
+    for other, _ in intruders:
+        for base, (_key, list_key) in NCLUE_RESOURCES.items():
+            assert other.get(base)["total"] == 0
+    assert probes >= 19 * len(intruders)
+
+
+def nclue_probe(w, other, missing_id: str) -> int:
+    """Account `other` probes every NCLUE route with A's ids and with `missing_id`; returns the count."""
     probes = 0
     # Lists: B sees none of A's resources, and its totals are its own (zero).
     for base, (_key, list_key) in NCLUE_RESOURCES.items():
@@ -153,12 +167,12 @@ def test_nclue_another_accounts_resources_are_invisible_and_untouchable(nclue_wo
     for base, (key, _) in NCLUE_RESOURCES.items():
         rid = w.extra[key]
         for method in ("GET", "DELETE"):
-            foreign, missing = other.raw(method, f"{base}/{rid}"), other.raw(method, f"{base}/{NOT_FOUND_ID}")
-            assert_invisible(foreign, missing, [rid], [NOT_FOUND_ID])
+            foreign, missing = other.raw(method, f"{base}/{rid}"), other.raw(method, f"{base}/{missing_id}")
+            assert_invisible(foreign, missing, [rid], [missing_id])
             assert foreign.json()["code"] == 19404 and foreign.json()["message"] == "RESOURCE_NOT_FOUND"
             probes += 1
     dl = "/api/v1/profile/shopping-intents-download"
-    assert_invisible(other.raw("GET", f"{dl}/{w.extra['intent']}"), other.raw("GET", f"{dl}/{NOT_FOUND_ID}"), [w.extra["intent"]], [NOT_FOUND_ID])
+    assert_invisible(other.raw("GET", f"{dl}/{w.extra['intent']}"), other.raw("GET", f"{dl}/{missing_id}"), [w.extra["intent"]], [missing_id])
     # Creation that names A's resources: refused as if they did not exist; B gets nothing new.
     b = w.bucket
     creates = [
@@ -169,19 +183,15 @@ def test_nclue_another_accounts_resources_are_invisible_and_untouchable(nclue_wo
     ]
     for path, body in creates:
         owned = {k: (w.extra[v[1:-1]] if isinstance(v, str) and v.startswith("{") else v) for k, v in body.items()}
-        ghost = {k: (NOT_FOUND_ID if isinstance(v, str) and v.startswith("{") else v) for k, v in body.items()}
+        ghost = {k: (missing_id if isinstance(v, str) and v.startswith("{") else v) for k, v in body.items()}
         ids = [w.extra[v[1:-1]] for v in body.values() if isinstance(v, str) and v.startswith("{")]
-        assert_invisible(other.raw("POST", path, body=owned), other.raw("POST", path, body=ghost), ids, [NOT_FOUND_ID])
+        assert_invisible(other.raw("POST", path, body=owned), other.raw("POST", path, body=ghost), ids, [missing_id])
         probes += 1
     # A Feature cannot read userlens's internal bucket, where A's vectors live under A's prefix.
     internal = w.settings.internal_bucket
     r = other.raw("POST", "/api/v1/features", body={"name": "peek", "source_bucket": internal, "source_file_path": "accounts/"})
     assert r.status_code == 404 and r.json()["code"] == 10106, r.text  # as a missing bucket
-    w.run_jobs()
-    assert nclue_snapshot(w) == before  # nothing of A changed
-    for base, (_key, list_key) in NCLUE_RESOURCES.items():
-        assert other.get(base)["total"] == 0
-    assert probes >= 19
+    return probes
 
 
 # -- AEP ---------------------------------------------------------------------------------------------
@@ -293,12 +303,20 @@ DEFERRED = {("POST", EXP)}
 def test_aep_another_tenants_resources_are_invisible_and_untouchable(aep_world, intruder):
     aep, ids = aep_world
     a = aep.client
-    if intruder == "other-org":
-        b = aep.new_org()
-    else:  # the same org and client, another sandbox
-        aep.svc.orgs.create_sandbox(a.org_id, "dev1")
-        b = type(a)(a.http, a.org_id, a.client_id, a.token, "dev1")
     before = aep_snapshot(a, ids)
+    for n in range(1, INTRUDERS + 1):  # soak: several other orgs / sandboxes
+        if intruder == "other-org":
+            b = aep.new_org()
+        else:  # the same org and client, another sandbox
+            aep.svc.orgs.create_sandbox(a.org_id, f"dev{n}")
+            b = type(a)(a.http, a.org_id, a.client_id, a.token, f"dev{n}")
+        aep_probe(aep, ids, b)
+    after = aep_snapshot(a, ids)
+    assert after == before
+
+
+def aep_probe(aep, ids: dict, b) -> None:
+    """Tenant `b` probes every AEP route with A's ids and with ids that never existed."""
     # B's own twins of the ids A uses where a route needs two (a batch of B's dataset etc.) are not needed:
     # every probe names A's ids, or ids that never existed, and must get the same answer.
     fake = {k: (str(uuid.uuid4()) if k != "export" else "987654321") for k in ids}
@@ -340,8 +358,6 @@ def test_aep_another_tenants_resources_are_invisible_and_untouchable(aep_world, 
     (j1, j2) = sorted(b.get(EXP)["records"], key=lambda j: j["id"])
     assert j1["status"] == j2["status"] == "FAILED", (j1, j2)
     assert neutral(j1["errors"], ids["union"]) == neutral(j2["errors"], fake["union"])
-    after = aep_snapshot(a, ids)
-    assert after == before
 
 
 def test_every_route_is_in_the_matrix(aep):

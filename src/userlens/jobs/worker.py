@@ -107,10 +107,25 @@ class CoreShare:
 CORES = CoreShare()
 
 
+def lower_priority(nice: int) -> None:
+    """Runs the calling thread (and the threads it starts: Linux threads inherit their creator's nice
+    value) at `nice`, so that API requests and the database win the cores over job work (setting
+    worker_nice). Never raises the priority; a no-op where per-thread priorities do not exist."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        log.warning("could not lower the priority of worker thread to nice %d", nice)
+
+
 class Worker:
-    def __init__(self, queue: JobQueue, registry: JobRegistry, services: Any = None, *, threads: int = 1, poll_interval: float = 0.2, worker_id: str | None = None):
+    def __init__(self, queue: JobQueue, registry: JobRegistry, services: Any = None, *, threads: int = 1, poll_interval: float = 0.2, worker_id: str | None = None, nice: int = 0):
         self.queue, self.registry, self.services = queue, registry, services
         self.threads = threads
+        self.nice = nice
         self.poll_interval = poll_interval
         self.worker_id = worker_id or new_worker_id()
         self._stop = threading.Event()
@@ -139,6 +154,7 @@ class Worker:
             self.stop()
 
     def _loop(self, slot_id: str) -> None:
+        lower_priority(self.nice)
         while not self._stop.is_set():
             try:
                 ran = self.run_one(slot_id)
