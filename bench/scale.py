@@ -1,0 +1,127 @@
+"""Scaling out on Ray (issue 10): a job's throughput on the local executor and on a local Ray with 1
+and 2 workers (Ray CPUs), in the same run.
+
+    .venv/bin/python bench/scale.py --users 200000 --repeat 2 [--job feature]
+
+For every repeat, each configuration runs the job once, in this order: local executor (the worker's
+own threads, as `userlens worker` runs it), Ray with num_cpus=1, Ray with num_cpus=2. Each Ray is
+started (bound to 127.0.0.1), warmed up with a small job (its worker processes import userlens),
+then timed, then shut down. Times are from the job's claim to its completion (the job engine's
+work, no HTTP polling). Ratios are per repeat, so a busy machine slows both sides of a ratio:
+  - speed-up 1 -> 2 workers = time(Ray 1) / time(Ray 2)        target >= 1.6x
+  - overhead at 1 worker    = time(Ray 1) / time(local) - 1     target < 20%
+
+Jobs are registered in JOBS: a function `(env, users_path, users) -> Measure` that submits one job
+through the services and returns a callable running it to completion. The export helper adds
+"export" there (`--job export`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import CACHE, Embedded, console, fmt_stats, save, table  # noqa: E402
+from synthetic import cached_dataset  # noqa: E402
+
+WARMUP_USERS = 2000
+
+
+def run_to_completion(env: Embedded) -> float:
+    """Runs queued jobs in this thread; returns the seconds spent in them."""
+    worker = env.svc.make_worker(1)
+    t0 = time.perf_counter()
+    while worker.run_one():
+        pass
+    return time.perf_counter() - t0
+
+
+def feature_job(env: Embedded, path: Path, name: str) -> dict:
+    """Creates a Feature of the dataset at `path` (uploaded once as bench/<file>) and runs it."""
+    key = f"sequences/{path.name}"
+    if not env.svc.store.exists("bench", key):
+        env.put_file("bench", key, path)
+    f = env.client.post("/api/v1/features", {"name": name, "source_bucket": "bench", "source_file_path": key})
+    seconds = run_to_completion(env)
+    got = env.client.get(f"/api/v1/features/{f['feature_id']}")
+    if got["status"] != "completed":
+        raise SystemExit(f"feature failed: {got['fail_message']} {got.get('fail_detail')}")
+    return {"seconds": seconds, "units": got["token_count"], "users": got["user_count"]}
+
+
+# job name -> (run one job of the dataset, the unit its throughput counts)
+JOBS: dict[str, tuple[Callable[[Embedded, Path, str], dict], str]] = {
+    "feature": (feature_job, "tokens"),
+}
+
+
+def use_executor(env: Embedded, kind: str, cpus: int = 0) -> None:
+    """Points the services' executor at this process's threads or at a fresh local Ray of `cpus`."""
+    import ray
+
+    from userlens.jobs.executor import LocalExecutor, RayExecutor, StoreSpec, start_local_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if kind == "local":
+        executor = LocalExecutor(env.svc.store)
+    else:
+        start_local_ray(cpus)
+        executor = RayExecutor(StoreSpec.from_settings(env.svc.settings))
+    env.svc.executor = executor
+    env.svc.features.deps.executor = executor  # NCLUE services share one deps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--job", choices=sorted(JOBS), default="feature")
+    args = ap.parse_args()
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    run_job, unit = JOBS[args.job]
+
+    path = cached_dataset(CACHE, args.users)
+    warm = cached_dataset(CACHE, WARMUP_USERS)
+    console.print(f"dataset: {args.users:,} users, {path.stat().st_size / 1e6:,.0f} MB; load average {os.getloadavg()}")
+    env = Embedded.start("scale")
+    configs = [("local executor", "local", 0), ("Ray, 1 worker", "ray", 1), ("Ray, 2 workers", "ray", 2)]
+    runs: dict[str, list[dict]] = {c[0]: [] for c in configs}
+    loads = []
+    n = 0
+    try:
+        for rep in range(args.repeat):
+            for label, kind, cpus in configs:
+                use_executor(env, kind, cpus)
+                n += 1
+                run_job(env, warm, f"warm-{n}")
+                r = run_job(env, path, f"run-{n}")
+                runs[label].append(r)
+                loads.append(os.getloadavg()[0])
+                console.print(f"  repeat {rep + 1}: {label}: {r['seconds']:.1f} s ({r['units'] / r['seconds']:,.0f} {unit}/s), load {loads[-1]:.1f}")
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        env.close()
+
+    units = runs["local executor"][0]["units"]
+    rows = [[label, fmt_stats([r["seconds"] for r in rs], " s"), fmt_stats([r["units"] / r["seconds"] for r in rs], "", 0)] for label, rs in runs.items()]
+    speedup = [a["seconds"] / b["seconds"] for a, b in zip(runs["Ray, 1 worker"], runs["Ray, 2 workers"])]
+    overhead = [a["seconds"] / b["seconds"] - 1 for a, b in zip(runs["Ray, 1 worker"], runs["local executor"])]
+    console.print(table(f"{args.job} job: {args.users:,} users, {units:,} {unit} — median (min–max) of {args.repeat}", ["executor", "time", f"{unit}/s"], rows))
+    console.print(f"speed-up Ray 1 -> 2 workers: {fmt_stats(speedup, 'x', 2)} (target >= 1.6x)")
+    console.print(f"overhead of Ray at 1 worker vs local: {fmt_stats([o * 100 for o in overhead], '%', 0)} (target < 20%)")
+    console.print(f"load average during the runs: {fmt_stats(loads, '', 1)} on {os.cpu_count()} cores")
+    console.print(f"results: {save(f'scale_{args.job}', {'users': args.users, 'runs': runs, 'speedup': speedup, 'overhead': overhead, 'loads': loads})}")
+
+
+if __name__ == "__main__":
+    main()
