@@ -52,6 +52,48 @@ _END = object()
 SCAN_CACHE_KIB = 65536
 
 
+def prefetched(make, name: str) -> Iterator:
+    """The items of `make(stop)` produced on a background thread one ahead of the consumer (a
+    database or DuckDB works while the caller writes the previous item). Closing the iterator sets
+    `stop` and waits for the thread; an exception of the producer is raised to the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in make(stop):
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_END)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    th = threading.Thread(target=produce, daemon=True, name=name)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        th.join(5)
+
+
 @dataclass
 class _Load:
     dataset_id: str
@@ -153,42 +195,7 @@ class ProfileScan:
         """Yields the sandbox's profiles page by page. `progress(n_identities_done)` is called per
         page. The next page is read on a background thread while the caller works on this one
         (SQLite and psycopg release the GIL while the database works): at most two pages in memory."""
-        q: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for page in self._pages(progress, stop):
-                    while not stop.is_set():
-                        try:
-                            q.put(page, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(_END)
-            except BaseException as exc:  # handed to the consumer
-                q.put(exc)
-
-        th = threading.Thread(target=produce, daemon=True, name="profile-scan")
-        th.start()
-        try:
-            while True:
-                item = q.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while th.is_alive():
-                try:
-                    q.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            th.join(5)
+        return prefetched(lambda stop: self._pages(progress, stop), "profile-scan")
 
     def _pages(self, progress, stop: threading.Event) -> Iterator[ScanPage]:
         db = self.store.db
@@ -592,7 +599,7 @@ class LakeExport:
     SQL as before."""
 
     BATCH_ROWS = 100_000
-    MEMORY = "256MB"
+    MEMORY = "1GB"  # DuckDB's cap: it spills to a temporary folder beyond (at 256MB the 1M-profile export spilled and took twice as long)
 
     def __init__(self, store: ProfileStore, objects, bucket: str, sandbox_id: str, policy: Policy, *, columns: list[str] | None, from_ingest_ms: int | None):
         self.store, self.objects, self.bucket, self.sandbox_id, self.policy = store, objects, bucket, sandbox_id, policy
@@ -680,19 +687,18 @@ class LakeExport:
                         _insert(con, "live", pa.table({"load": pa.array([lid] * len(batch), pa.int64()), "pkey": pa.array([r[0] for r in batch], pa.string())}))
             partial = {lid for lid, _, _, parts in loads if live.get(lid, 0) != sum(n for _, _, n in parts)}
         direct_ds = None if self.policy.attribute_merge != "dataSetPrecedence" else set(self.policy.order)
+        # frags: the parts' rows, each positionally joined with its sidecar.
         selects = []
         for lid, ds, ing, parts in loads:
             ok = direct_ds is None or ds in direct_ds
             for key, pk, n in parts:
-                if not n:
-                    continue
-                selects.append(
-                    f"SELECT * FROM (SELECT * FROM read_parquet({_sql_str(self._path(key))})) POSITIONAL JOIN (SELECT pkey AS __pkey, {lid}::BIGINT AS __load, {ing}::BIGINT AS __ing, {str(ok).upper()} AS __direct FROM read_parquet({_sql_str(self._path(pk))}))"
-                )
+                if n:
+                    selects.append(
+                        f"SELECT * FROM (SELECT * FROM read_parquet({_sql_str(self._path(key))})) POSITIONAL JOIN (SELECT pkey AS __pkey, {lid}::BIGINT AS __load, {ing}::BIGINT AS __ing, {str(ok).upper()} AS __direct FROM read_parquet({_sql_str(self._path(pk))}))"
+                    )
         if not selects:
-            con.execute("CREATE VIEW frags AS SELECT NULL::VARCHAR AS __pkey, NULL::BIGINT AS __load, NULL::BIGINT AS __ing, NULL::BOOLEAN AS __direct WHERE false")
-        else:
-            con.execute("CREATE VIEW frags AS " + " UNION ALL BY NAME ".join(selects))
+            selects = ["SELECT NULL::VARCHAR AS __pkey, NULL::BIGINT AS __load, NULL::BIGINT AS __ing, NULL::BOOLEAN AS __direct WHERE false"]
+        con.execute("CREATE VIEW frags AS " + " UNION ALL BY NAME ".join(selects))
         try:
             cols = [r[0] for r in con.execute("DESCRIBE SELECT * FROM frags").fetchall()]
         except duckdb.Error:  # types that do not unify across parts
@@ -705,7 +711,7 @@ class LakeExport:
         live_join = f"WHERE f.__load NOT IN ({', '.join(str(x) for x in sorted(partial))}) OR EXISTS (SELECT 1 FROM live v WHERE v.load = f.__load AND v.pkey = f.__pkey)" if partial else ""
         # fx: the live fragments with their graph; n: fragments per graph; m: the members of graphs
         # within the guardrail.
-        con.execute(f"CREATE TABLE fx AS SELECT {', '.join(_q(c) for c in want + ['__pkey', '__ing', '__direct'])}, i.gix AS __gix FROM frags f JOIN ids i ON i.ikey = f.__pkey {live_join}")
+        con.execute(f"CREATE TABLE fx AS SELECT {', '.join('f.' + _q(c) for c in want + ['__pkey', '__ing', '__direct'])}, i.gix AS __gix FROM frags f JOIN ids i ON i.ikey = f.__pkey {live_join}")
         check()
         con.execute("CREATE TABLE g AS SELECT __gix, COUNT(*) AS n, bool_and(__direct) AS direct FROM fx GROUP BY __gix")
         con.execute("CREATE TABLE rest AS SELECT m.xid FROM g JOIN m ON m.gix = g.__gix WHERE g.n > 1 OR NOT g.direct")
@@ -746,17 +752,24 @@ class LakeExport:
             after = last
 
     def pages(self, check=None) -> Iterator[ScanPage]:
-        """The single-fragment profiles, in pages of BATCH_ROWS."""
-        cols = ", ".join(f"fx.{_q(c)}" for c in self.attr_cols)
+        """The single-fragment profiles, in pages of BATCH_ROWS (DuckDB prepares the next page
+        while the caller writes this one)."""
+        for page in prefetched(self._pages, "lake-export"):
+            if check is not None:
+                check()
+            yield page
+
+    def _pages(self, stop: threading.Event) -> Iterator[ScanPage]:
         where = f" AND fx.__ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
+        cols = ", ".join(f"fx.{_q(c)}" for c in self.attr_cols)
         q = (
             f"SELECT m.xid AS __xid, m.members AS __members, list_transform(m.members, lambda x: x = fx.__pkey) AS __primary, fx.__ing{', ' + cols if cols else ''}"
             f" FROM fx JOIN g ON g.__gix = fx.__gix JOIN m ON m.gix = fx.__gix WHERE g.n = 1 AND g.direct{where}"
         )
         reader = self.con.sql(q).to_arrow_reader(self.BATCH_ROWS)
         for rb in reader:
-            if check is not None:
-                check()
+            if stop.is_set():
+                return
             n = rb.num_rows
             if not n:
                 continue
