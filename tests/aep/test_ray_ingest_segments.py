@@ -38,9 +38,9 @@ def lines(rows: list) -> bytes:
     return b"".join((r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in rows)
 
 
-def batch(env, dataset_id: str, files: dict[str, bytes], fmt: str = "json") -> dict:
+def batch(env, dataset_id: str, files: dict[str, bytes], fmt: str = "json", threshold: int | None = None) -> dict:
     c = env.client
-    bid = c.batch(dataset_id, fmt)
+    bid = c.batch(dataset_id, fmt, **({"partialIngestionPercentage": threshold} if threshold else {}))
     for path, data in files.items():
         c.upload(bid, dataset_id, path, data)
     c.post(f"/data/foundation/import/batches/{bid}", params={"action": "COMPLETE"}, expect=200)
@@ -108,23 +108,26 @@ def scenario(env) -> dict:
     a = [person(i, "US" if i % 3 else "FR", 5 + 2 * i, link="L1" if i == 2 else None) for i in range(1, 21)] + ["{not json", {"person": {"age": 3}}]
     b = [person(i, "US", 40, link="L1" if i == 21 else None) for i in range(21, 41)] + [{"identityMap": {"crmId": [{"id": "", "primary": True}]}}]
     out["records"] = batch(env, crm, {"a.json": lines(a), "b.json": lines(b)})
+    env.svc.ingest.parquet_chunk_rows = 4  # a Parquet file of 3 row groups of 3 rows: chunks of 2 groups, 1 group
+    rows = [person(i, "CA", 50) for i in range(41, 50)]
+    rows[7]["identityMap"]["crmId"][0]["id"] = ""  # row 8, in the second chunk
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([person(i, "CA", 50) for i in range(41, 47)]), buf)
-    out["parquet"] = batch(env, crm, {"p.parquet": buf.getvalue()}, "parquet")
+    pq.write_table(pa.Table.from_pylist(rows), buf, row_group_size=3)
+    out["parquet"] = batch(env, crm, {"p.parquet": buf.getvalue()}, "parquet", threshold=20)
     cid = lambda i: {"crmId": [{"id": f"C{i}", "primary": True}]}  # noqa: E731
     e1 = [ev(f"e{i}", f"2024-01-0{1 + i % 5}T00:00:00Z", cid(i % 7 + 1), eventType="commerce.purchases" if i % 2 else "web.pageViews") for i in range(12)]
     e2 = [ev(f"f{i}", f"2024-02-0{1 + i % 5}T00:00:00Z", cid(i % 5 + 1), eventType="web.pageViews") for i in range(9)] + [{"_id": "x", "timestamp": "never"}]
     out["events"] = batch(env, web, {"e1.json": lines(e1), "e2.json": lines(e2)})
     out["over_threshold"] = batch(env, crm, {"bad.json": lines([person(50), "nope", "nope", {"x": 1}])})
-    out["profiles"] = {f"{ns}:{v}": profile(c, ns, v) for ns, v in [("crmId", "C1"), ("crmId", "C2"), ("loyaltyId", "L1"), ("crmId", "C21"), ("crmId", "C42"), ("crmId", "C50")]}
+    out["profiles"] = {f"{ns}:{v}": profile(c, ns, v) for ns, v in [("crmId", "C1"), ("crmId", "C2"), ("loyaltyId", "L1"), ("crmId", "C21"), ("crmId", "C42"), ("crmId", "C48"), ("crmId", "C50")]}
     out["events_of"] = {i: events_of(c, "crmId", f"C{i}") for i in (1, 2, 5)}
     ids = {name: c.post(DEF, {"name": name, "schema": {"name": "_xdm.context.profile"}, "expression": {"type": "PQL", "format": "pql/text", "value": pql}}, expect=200)["id"] for name, pql in SEGMENTS.items()}
     out["segments_1"] = run_segments(env, ids)
-    out["members_1"] = membership(c, ids, 46)
+    out["members_1"] = membership(c, ids, 49)
     # Person 7 moves to France, person 4 comes of age: exited / realized / existing.
     batch(env, crm, {"c.json": lines([person(7, "FR", 40), person(4, "US", 30)])})
     out["segments_2"] = run_segments(env, ids)
-    out["members_2"] = membership(c, ids, 46)
+    out["members_2"] = membership(c, ids, 49)
     return out
 
 
@@ -145,9 +148,12 @@ def test_ingestion_and_segments_on_ray_equal_local(backend, ray_cluster):
     assert over["status"] == "failed" and [(e["code"], e.get("rows")) for e in over["errors"]] == [("INGEST-1299-400", None), ("INGEST-1207-400", ["2-3"]), ("INGEST-1201-400", ["4"])]
     assert local["events"]["status"] == "success" and (local["events"]["records"], local["events"]["failed"]) == (21, 1)
     assert local["profiles"]["loyaltyId:L1"] is not None and local["profiles"]["loyaltyId:L1"] == local["profiles"]["crmId:C2"] == local["profiles"]["crmId:C21"]  # one graph over two files
-    assert local["profiles"]["crmId:C42"] is not None and local["profiles"]["crmId:C50"] is None  # its batch failed whole
+    par = local["parquet"]
+    assert (par["status"], par["records"], par["failed"]) == ("success", 8, 1) and [(e["file"], e["rows"]) for e in par["errors"]] == [("p.parquet", ["8"])]
+    assert par["files"] == [f"part-{n:05d}.parquet" for n in (0, 1, 10000)]  # chunk 0: rows 1-4, 5-6; chunk 1: rows 7-9
+    assert local["profiles"]["crmId:C42"] is not None and local["profiles"]["crmId:C48"] is None and local["profiles"]["crmId:C50"] is None  # a rejected row; a batch that failed whole
     assert local["events_of"][1] and local["events_of"][2]
-    assert local["segments_1"]["total"] == 45 and local["segments_1"]["qualified"] == {"us-adults": 30, "buyers": 6}
+    assert local["segments_1"]["total"] == 47 and local["segments_1"]["qualified"] == {"us-adults": 30, "buyers": 6}
     assert local["members_1"][7] == {"us-adults": ("realized", True)} and local["members_1"][4] == {"buyers": ("realized", True)}
     assert local["segments_2"]["by_status"]["us-adults"] == {"realized": 1, "existing": 29, "exited": 1}
     assert local["members_2"][7]["us-adults"] == ("exited", True) and local["members_2"][4]["us-adults"] == ("realized", True)

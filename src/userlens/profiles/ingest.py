@@ -10,7 +10,8 @@ Uploads stream chunk by chunk to the internal bucket (``aep/{org}/{sandbox}/uplo
 through ``ObjectStore.open_write``: nothing is held whole in memory, and a file appears whole or not.
 
 Each uploaded file is one chunk of the job's executor (``jobs/executor.py``: local threads, or a
-Ray task reading and writing the object store itself; USERLENS_EXECUTOR), ``ingest_file``. It reads
+Ray task reading and writing the object store itself; USERLENS_EXECUTOR), ``ingest_file``; a large
+Parquet file is several, ranges of its row groups (``parquet_chunk_rows``). A chunk reads
 the file in chunks of ``chunk_rows`` rows (JSON lines, one JSON array per line as aepp sends,
 multi-line JSON, CSV, Parquet record batches), applies the row rules of ``xdm.check_row``
 with 1-based row numbers per file (Parquet record batches of the usual shapes go through the same
@@ -24,7 +25,7 @@ rows are filtered, never converted). For Profile-enabled datasets it also feeds 
   Arrow bytes, and chunks whose schemas unify), which is sorted by (primary identity, time) and
   written as one lake part (row groups of ``EVENT_ROW_GROUP`` rows); SQL gets one *event group* per
   person of the run, pointing at its rows. The bodies stay in the lake only.
-A file's parts are numbered from its index times ``PART_STRIDE`` (files run apart). A chunk has no
+A chunk's parts are numbered from its index times ``PART_STRIDE`` (chunks run apart). A chunk has no
 database: it leaves each part's SQL rows in a staging file (``{attempt}/stage/``), and returns its
 counts, rejected rows and identity-graph input. The job thread, file by file in order, loads the staged
 rows (SQL inserts of Parquet input on a background thread, ``_Loader``) and gathers the graph input
@@ -170,8 +171,10 @@ class ErrorCollector:
             rows.append(row)
 
     def absorb(self, other: "ErrorCollector") -> None:
-        """Adds another file's rejected rows (files have distinct paths: no entry is shared)."""
-        self.by.update(other.by)
+        """Adds the rejected rows of the next piece of the input (rows in order, as add() would)."""
+        for k, (desc, rows) in other.by.items():
+            mine = self.by.setdefault(k, (desc, []))[1]
+            mine.extend(rows[: max(0, 20 * MAX_ERROR_RANGES - len(mine))])
         self.count += other.count
 
     def entries(self) -> list[dict]:
@@ -229,14 +232,15 @@ class Chunk:
     arrow: pa.RecordBatch | None = None
 
 
-def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: bool, chunk_rows: int) -> Iterator[Chunk]:
+def read_chunks(store: ObjectStore, bucket: str, key: str, fmt: str, multiline: bool, chunk_rows: int, row_groups: list[int] | None = None) -> Iterator[Chunk]:
+    """The rows of a file in chunks of `chunk_rows`; of a Parquet file, only `row_groups` if given."""
     if fmt == "parquet":
         with store.open_read(bucket, key) as f:
             try:
                 pf = pq.ParquetFile(f)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise JobFailure("INGEST-1290-400", f"file '{key.rsplit('/', 1)[-1]}' is not a readable Parquet file: {exc}") from exc
-            batches = pf.iter_batches(batch_size=chunk_rows)
+            batches = pf.iter_batches(batch_size=chunk_rows, row_groups=row_groups)
             while True:
                 try:
                     rb = next(batches)
@@ -475,6 +479,7 @@ def event_groups(pkeys: pa.Array, idents: pa.Array | None, ts: np.ndarray) -> tu
     return order, groups
 
 
+PARQUET_CHUNK_ROWS = 100_000  # a Parquet file this large is split into chunks of row groups (at least this many rows each)
 PART_STRIDE = 10_000  # lake part numbers of one file: file i writes parts i*PART_STRIDE, ... (event groups name a part by its number)
 EVENT_STAGE = ("pkey", "n", "ts_min", "ts_max", "part", "row0", "identities")  # an event part's staged SQL rows
 
@@ -575,19 +580,20 @@ class _PartWriter:
             del table
 
 
-def ingest_file(store: ObjectStore, job: FileJob, item: tuple[int, str, str]) -> dict:
-    """One uploaded file of a batch, an executor chunk (a local thread or a Ray task): applies the
-    row rules with 1-based row numbers of the file, writes the accepted rows as lake parts (and
+def ingest_file(store: ObjectStore, job: FileJob, item: tuple[int, str, str, int, list[int] | None]) -> dict:
+    """One uploaded file of a batch, or a range of row groups of a large Parquet file (`item`: chunk
+    number, key, path, rows of the file before the range, row groups or None for all), as an executor
+    chunk (a local thread or a Ray task): applies the row rules with 1-based row numbers of the file, writes the accepted rows as lake parts (and
     stages their profile-store rows), and returns counts, rejected rows (an ErrorCollector), the
     parts and the file's identity-graph input (distinct identities, and links)."""
-    index, key, path = item
+    index, key, path, row_no, row_groups = item
     errors = ErrorCollector()
     graph = _GraphInput()
     out = _PartWriter(store, job, index, path)
     run = _EventRun(job.event_run_rows, job.event_run_bytes) if job.to_store and job.events else None
-    total = ok = row_no = 0
+    total = ok = 0
     try:
-        for chunk in read_chunks(store, job.bucket, key, job.fmt, job.multiline, job.chunk_rows):
+        for chunk in read_chunks(store, job.bucket, key, job.fmt, job.multiline, job.chunk_rows, row_groups):
             fast = None
             if chunk.arrow is not None:
                 try:
@@ -662,6 +668,7 @@ class IngestService:
         self.chunk_rows = chunk_rows
         self.event_run_rows, self.event_run_bytes = event_run_rows, event_run_bytes
         self.local = LocalExecutor(store)
+        self.parquet_chunk_rows = PARQUET_CHUNK_ROWS
 
     # -- API side ----------------------------------------------------------------------------
     def create_batch(self, t: Tenant, body: Any) -> Batch:
@@ -832,6 +839,38 @@ class IngestService:
             b.errors = [{"code": job.fail_message or "COMMON_ERROR", "description": job.fail_detail or ""}]
         s.execute(update(Dataset).where(Dataset.id == b.dataset_id, Dataset.last_batch_id == b.id).values(last_batch_status=b.status, updated_ms=ms))
 
+    def _plan(self, files: list[BatchFile], fmt: str) -> tuple[list[tuple], list[float]]:
+        """The job's chunks (ingest_file items) and the bytes each stands for: a file each, or for a
+        large Parquet file ranges of row groups of at least ``parquet_chunk_rows`` rows (from its
+        footer; a footer that cannot be read leaves the file whole, and its chunk reports why)."""
+        items: list[tuple] = []
+        sizes: list[float] = []
+        for f in files:
+            ranges = None
+            if fmt == "parquet" and f.size:
+                try:
+                    with self.store.open_read(self.bucket, f.key) as fh:
+                        meta = pq.ParquetFile(fh).metadata
+                    ranges, start, rows = [], 0, 0
+                    for g in range(meta.num_row_groups):
+                        rows += meta.row_group(g).num_rows
+                        if rows >= self.parquet_chunk_rows or g == meta.num_row_groups - 1:
+                            ranges.append((start, g + 1, rows))
+                            start, rows = g + 1, 0
+                except (pa.ArrowInvalid, OSError, ObjectStoreError):
+                    ranges = None
+            if not ranges or len(ranges) == 1:
+                items.append((len(items), f.key, f.path, 0, None))
+                sizes.append(f.size)
+                continue
+            before = 0
+            total = sum(r for _, _, r in ranges) or 1
+            for a, b, rows in ranges:
+                items.append((len(items), f.key, f.path, before, list(range(a, b))))
+                sizes.append(f.size * rows / total)
+                before += rows
+        return items, sizes
+
     def _executor(self, ctx: JobContext):
         """The services' executor (USERLENS_EXECUTOR); this process's threads without services."""
         return getattr(ctx.services, "executor", None) or self.local
@@ -898,12 +937,12 @@ class IngestService:
                     loader.submit(self._load_stage, load_id, stage, events)
                 parts.append(p)
             r.clear()  # the executor keeps results until the last file: drop the graph input now
-            done_bytes += files[i].size
+            done_bytes += sizes[i]
             ctx.progress(min(0.95, done_bytes / total_bytes), f"{total} rows read, {errors.count} rejected")
 
         try:
             # Row rules are Python (one thread: the GIL); Parquet input is mostly Arrow, files in parallel.
-            items = [(i, f.key, f.path) for i, f in enumerate(files)]
+            items, sizes = self._plan(files, fmt)
             self._executor(ctx).map(ctx, ingest_file, items, shared=job, on_result=on_result, local_threads=None if fmt == "parquet" else 1)
             loader.wait()
         finally:
