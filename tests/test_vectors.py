@@ -104,6 +104,22 @@ def test_a_block_scores_with_the_int8_first_layer_of_its_textbook_formula(store,
     assert np.allclose(clf.predict_block(block), expected, atol=1e-5)
 
 
+def test_the_hand_written_onnx_model_passes_the_onnx_checker():
+    """classifier._matmul_integer_model writes the protobuf itself (importing onnx costs seconds);
+    the onnx package's own checker and parser must read it as the intended one-node model."""
+    import onnx
+    from onnx import numpy_helper
+
+    Wq = np.random.default_rng(8).integers(-127, 128, (300, 7)).astype(np.int8)
+    model = onnx.load_from_string(classifier._matmul_integer_model(Wq))
+    onnx.checker.check_model(model, full_check=True)
+    (node,) = model.graph.node
+    assert (node.op_type, list(node.input), list(node.output)) == ("MatMulInteger", ["q", "W", "zero"], ["z"])
+    weights, zero = (numpy_helper.to_array(t) for t in model.graph.initializer)
+    assert weights.dtype == np.int8 and np.array_equal(weights, Wq) and zero.dtype == np.uint8 and zero == 128
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [0, 7]
+
+
 def behaviour_vectors(users: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of the real encoder for Zipf-distributed behaviour sequences; label 1 when the user
     did one of 300 mid-popularity behaviours (bench/task_speed.py's kind of label)."""

@@ -113,25 +113,17 @@ class Classifier:
         of a user's norm), and this cuts the score error by 10-20%."""
         if self._int8 is None:
             import onnxruntime as ort
-            from onnx import TensorProto, helper, numpy_helper
 
             W = self.folded_layers()[0][0]
             peak = np.abs(W).max(axis=0)
             step = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
             Wq = np.rint(W / step).astype(np.int8)
             bias = (self.folded_layers()[0][1] - self.mean @ (Wq * step - W)).astype(np.float32)
-            graph = helper.make_graph(
-                [helper.make_node("MatMulInteger", ["q", "W", "zero"], ["z"])], "first_layer",
-                [helper.make_tensor_value_info("q", TensorProto.UINT8, [None, W.shape[0]])],
-                [helper.make_tensor_value_info("z", TensorProto.INT32, [None, W.shape[1]])],
-                [numpy_helper.from_array(Wq, "W"), numpy_helper.from_array(np.array(128, np.uint8), "zero")],
-            )
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
             options = ort.SessionOptions()
             # One thread per call: a Run already scores one block per core on its own threads.
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             options.log_severity_level = 3
-            self._int8 = (ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), step, bias)
+            self._int8 = (ort.InferenceSession(_matmul_integer_model(Wq), options, providers=["CPUExecutionProvider"]), step, bias)
         return self._int8
 
     def __getstate__(self):  # the caches (an ONNX Runtime session among them) are rebuilt where used
@@ -163,6 +155,45 @@ class Classifier:
             meta = json.loads(bytes(z["meta"]).decode())
             layers = [(z[f"W{i}"].astype(np.float32), z[f"b{i}"].astype(np.float32)) for i in range(meta["layers"])]
             return cls(meta["kind"], z["mean"].astype(np.float32), z["scale"].astype(np.float32), layers, meta["params"])
+
+
+def _pb(field: int, value: int | str | bytes) -> bytes:
+    """One protobuf field: an int as a varint, a string or bytes length-delimited."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(value, int):
+        return varint(field << 3) + varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return varint(field << 3 | 2) + varint(len(data)) + data
+
+
+def _matmul_integer_model(Wq: np.ndarray) -> bytes:
+    """The ONNX model (serialised ModelProto, IR 8, opset 13) of one MatMulInteger node:
+    z = (q - 128) @ Wq, q uint8 [n, dim] in, z int32 out, Wq int8 [dim, hidden] held by the model.
+    Written by hand from onnx.proto's field numbers: the onnx package's helpers took 5-7 s to import
+    (ml_dtypes) at the start of every worker's first Run, for these few bytes."""
+    UINT8, INT8, INT32 = 2, 3, 6  # TensorProto.DataType
+
+    def tensor(name: str, dtype: int, a: np.ndarray) -> bytes:  # dims 1, data_type 2, name 8, raw_data 9
+        return b"".join(_pb(1, d) for d in a.shape) + _pb(2, dtype) + _pb(8, name) + _pb(9, np.ascontiguousarray(a).tobytes())
+
+    def value_info(name: str, dtype: int, width: int) -> bytes:  # name 1, type 2 > tensor_type 1 > elem_type 1,
+        shape = _pb(1, _pb(2, "n")) + _pb(1, _pb(1, width))  # shape 2 > dim 1 > dim_param 2 | dim_value 1
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, dtype) + _pb(2, shape)))
+
+    node = _pb(1, "q") + _pb(1, "W") + _pb(1, "zero") + _pb(2, "z") + _pb(4, "MatMulInteger")  # input 1, output 2, op_type 4
+    graph = (  # node 1, name 2, initializer 5, input 11, output 12
+        _pb(1, node) + _pb(2, "first_layer") + _pb(5, tensor("W", INT8, Wq)) + _pb(5, tensor("zero", UINT8, np.array(128, np.uint8)))
+        + _pb(11, value_info("q", UINT8, Wq.shape[0])) + _pb(12, value_info("z", INT32, Wq.shape[1]))
+    )
+    return _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 13))  # ir_version 1, graph 7, opset_import 8 (domain 1, version 2)
 
 
 def _standardiser(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
