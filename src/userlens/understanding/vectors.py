@@ -77,7 +77,9 @@ class VectorBlock:
         """(int8 [n, dim], float32 scale [n]) without copying, v ≈ q * scale; None for the legacy format."""
         if "vector_q8" not in self.table.column_names:
             return None
-        col = self.table.column("vector_q8").combine_chunks()
+        chunks = self.table.column("vector_q8")
+        # A row group reads as one chunk: combine_chunks() would copy it all the same.
+        col = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
         dim = col.type.byte_width
         q = np.frombuffer(col.buffers()[1], dtype=np.int8, count=len(col) * dim, offset=col.offset * dim).reshape(-1, dim)
         return q, self.table.column("vector_scale").to_numpy()
