@@ -173,26 +173,18 @@ def test_large_tasks_keep_the_best_mlp_epoch_and_report_the_holdout():
     assert classifier.evaluate(clf, X_new, y_new)["auc"] > 0.9
 
 
-def test_blocks_scored_on_several_threads_come_back_in_order_with_their_scores(store):
-    from types import SimpleNamespace
+def test_a_part_is_scored_block_by_block_into_one_tsv_piece(store, monkeypatch):
+    """scoring.score_part, one executor chunk: every row group of the part, in order, formatted."""
+    from userlens.understanding.scoring import ScoreJob, score_part
 
-    from userlens.understanding.scoring import score_batches
-
-    for p in range(5):
-        vectors.write_part(store, "internal", f"f/part-{p:05d}.parquet", [f"p{p}u{i}" for i in range(7)], unit_rows(7, 8, seed=p))
-    deps = SimpleNamespace(store=store, internal_bucket="internal")
-    feature = SimpleNamespace(vectors_prefix="f", user_count=35)
-    progress = []
-    ctx = SimpleNamespace(cores=lambda: 3, check=lambda: None, progress=lambda f, m=None: progress.append(f))
-
-    def score(block):  # blocks finish out of order: later ones are quicker
-        import time
-
-        time.sleep(0.02 * (5 - int(block.user_ids[0][1])))
-        return block.matrix()[:, 0]
-
-    got = list(score_batches(deps, feature, score, ctx))
-    assert [ids[0] for ids, _ in got] == [f"p{p}u0" for p in range(5)]
-    for p, (ids, scores) in enumerate(got):
-        assert np.allclose(scores, unit_rows(7, 8, seed=p)[:, 0], atol=0.01)
-    assert progress == sorted(progress) and progress[-1] == pytest.approx(0.99)
+    monkeypatch.setattr(vectors, "ROW_GROUP_ROWS", 4)  # three blocks in the part
+    v = unit_rows(10, 8, seed=6)
+    vectors.write_part(store, "internal", "f/part-00000.parquet", [f"u{i}" for i in range(10)], v)
+    assert len(list(vectors.read_part(store, "internal", "f/part-00000.parquet"))) == 3
+    job = ScoreJob(lambda block: block.matrix()[:, 0], "internal", "pieces/attempt-1")
+    result = score_part(store, job, (3, "f/part-00000.parquet"))
+    data = store.read_bytes("internal", "pieces/attempt-1/piece-00003.tsv")
+    assert result == {"lines": 10, "key": "pieces/attempt-1/piece-00003.tsv", "bytes": len(data)}
+    rows = [line.split("\t") for line in data.decode().splitlines()]
+    assert [u for u, _ in rows] == [f"u{i}" for i in range(10)]
+    assert np.allclose([float(x) for _, x in rows], v[:, 0], atol=0.01)
