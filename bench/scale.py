@@ -19,6 +19,7 @@ through the services and returns a callable running it to completion. The export
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -55,9 +56,58 @@ def feature_job(env: Embedded, path: Path, name: str) -> dict:
     return {"seconds": seconds, "units": got["token_count"], "users": got["user_count"]}
 
 
+AEP_FILES = 4  # files per ingested batch: a JSON file is one executor chunk
+
+
+def aep_headers(env: Embedded) -> dict:
+    """Gateway headers of one AEP org of the embedded userlens (created on first use)."""
+    if not getattr(env, "aep_h", None):
+        creds = env.svc.orgs.create_org("scale")
+        tok = env.client.http.post("/ims/token/v3", data={"client_id": creds.client_id, "client_secret": creds.client_secret}).json()["access_token"]
+        env.aep_h = {"Authorization": f"Bearer {tok}", "x-api-key": creds.client_id, "x-gw-ims-org-id": creds.org_id, "x-sandbox-name": "prod"}
+    return env.aep_h
+
+
+def aep_records(users: int) -> list[Path]:
+    """`users` profile records (1-3 identities each) as JSON lines in AEP_FILES files, cached."""
+    folder = CACHE / f"aep-records-{users}"
+    files = [folder / f"part-{i}.json" for i in range(AEP_FILES)]
+    if not all(f.exists() for f in files):
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, f in enumerate(files):
+            with open(f, "w") as out:
+                for i in range(n, users, AEP_FILES):
+                    ids = {"crmId": [{"id": f"C{i}", "primary": True}]}
+                    if i % 3:
+                        ids["email"] = [{"id": f"p{i}@example.com"}]
+                    out.write(json.dumps({"identityMap": ids, "person": {"name": {"firstName": f"N{i}"}}, "loyalty": {"points": i % 997}}) + "\n")
+    return files
+
+
+def aep_ingest_job(env: Embedded, path: Path, name: str) -> dict:
+    """AEP batch ingestion: as many profile records as the dataset has users, in AEP_FILES JSON
+    files of one batch, into a Profile-enabled dataset (throughput in records)."""
+    users = int(path.name.split("-")[1])
+    http, H = env.client.http, aep_headers(env)
+    J = {**H, "Content-Type": "application/json"}
+    ds_body = {"name": name, "schemaRef": {"id": "https://ns.adobe.com/xdm/context/profile"}, "tags": {"unifiedProfile": ["enabled:true"]}}
+    ds = http.post("/data/foundation/catalog/dataSets", content=json.dumps(ds_body), headers=J).json()[0].split("/")[-1]
+    bid = http.post("/data/foundation/import/batches", content=json.dumps({"datasetId": ds, "inputFormat": {"format": "json"}}), headers=J).json()["id"]
+    for f in aep_records(users):
+        r = http.put(f"/data/foundation/import/batches/{bid}/datasets/{ds}/files/{f.name}", content=f.read_bytes(), headers={**H, "Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, r.text
+    http.post(f"/data/foundation/import/batches/{bid}?action=COMPLETE", headers=H)
+    seconds = run_to_completion(env)
+    b = http.get(f"/data/foundation/catalog/batches/{bid}", headers=H).json()[bid]
+    if b["status"] != "success":
+        raise SystemExit(f"ingestion failed: {b.get('errors')}")
+    return {"seconds": seconds, "units": b["recordCount"], "users": users}
+
+
 # job name -> (run one job of the dataset, the unit its throughput counts)
 JOBS: dict[str, tuple[Callable[[Embedded, Path, str], dict], str]] = {
     "feature": (feature_job, "tokens"),
+    "aep_ingest": (aep_ingest_job, "records"),
 }
 
 
