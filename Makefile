@@ -32,8 +32,13 @@ SUDO     := $(if $(filter 0,$(shell id -u)),,sudo )
 $(CHROMIUM):
 	$(SUDO)apt-get update -qq && $(SUDO)apt-get install -y --no-install-recommends chromium chromium-driver
 
+# Three pytest-xdist workers on the two cores: most tests wait on subprocesses, servers and polls
+# (tests/infra/parallel.py says which tests share a worker). One process: `make test XDIST=-n0`, or
+# PYTEST_ARGS="-p no:xdist" (which drops XDIST); PYTEST_ARGS adds options, e.g. "-k faults".
+XDIST ?= $(if $(findstring no:xdist,$(PYTEST_ARGS)),,-n 3 --dist loadgroup)
+
 test: $(VENV)/.installed-test $(CHROMIUM)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 bench-quality: $(VENV)/.installed-test
 	$(BIN)/python bench/feature_quality.py

@@ -25,6 +25,9 @@ from userlens.config import Settings
 from userlens.storage.db import Database
 from userlens.storage.migrate import upgrade
 
+# Parallel runs (pytest-xdist groups) and the fast process exit: see tests/infra/parallel.py.
+pytest_plugins = ["infra.parallel"]
+
 
 def pytest_report_header(config):
     return backends_report_header()

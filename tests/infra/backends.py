@@ -14,8 +14,9 @@ db in {sqlite, postgres} and store in {local, s3}; ``all`` means the four combin
   USERLENS_TEST_KEEP_DBS=1 keeps the per-test databases for inspection (dropped by a later run's
   stale clean-up after 6 h).
 * s3: ONE SeaweedFS server per test session (per xdist worker), started on the first test that
-  needs it (≈4-9 s) and stopped at the end (≈15 s: weed's filer waits for its gRPC streams;
-  USERLENS_TEST_WEED_STOP_TIMEOUT, default 30, bounds the wait before SIGKILL). Each test sees an
+  needs it (≈4-9 s) and SIGKILLed at the end: its data is thrown away, and a graceful stop takes
+  ≈15-20 s (weed's filer waits for its gRPC streams). USERLENS_TEST_WEED_STOP_TIMEOUT (seconds,
+  default 0) gives it that long after SIGTERM before the SIGKILL. Each test sees an
   EMPTY server: every bucket is deleted before and after the test (which also frees SeaweedFS's
   per-bucket volumes), so tests can use fixed names such as the internal bucket. Writing into a
   missing bucket fails, as on AWS S3.
@@ -164,9 +165,9 @@ def _services(config) -> _SessionServices:
 
 def _stop_timeout() -> float:
     try:
-        return float(os.environ.get("USERLENS_TEST_WEED_STOP_TIMEOUT", "30"))
+        return float(os.environ.get("USERLENS_TEST_WEED_STOP_TIMEOUT", "0"))
     except ValueError:
-        return 30.0
+        return 0.0
 
 
 @pytest.fixture(scope="session")
