@@ -656,6 +656,8 @@ class LakeExport:
             for chunk in [loads[i : i + 500] for i in range(0, len(loads), 500)]:
                 ids = [x[0] for x in chunk]
                 live.update((int(a), int(b)) for a, b in self.store._rows(s, f"SELECT load_id, COUNT(*) FROM aep_fragments WHERE load_id IN ({', '.join('?' * len(ids))}) GROUP BY load_id", tuple(ids)))
+            if any(live.get(lid, 0) > sum(n for _, _, n in parts) for lid, _, _, parts in loads):
+                return False  # fragments the lake parts do not hold (e.g. migrated from the a001 layout)
             self._tmp = tempfile.mkdtemp(prefix="ul-export-")
             self.con = con = duckdb.connect(config={"memory_limit": self.MEMORY, "temp_directory": self._tmp, "threads": 2, "preserve_insertion_order": False})
             self._local = isinstance(self.objects, LocalObjectStore)
