@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -81,34 +82,18 @@ def small_disk(tmp_path):
 def on_small_disk(backend, small_disk):
     """The app on the backend's database with its object store on the small disk; a worker thread
     runs jobs, retrying store errors after 0.2 s, 0.4 s, ..."""
-    from fastapi.testclient import TestClient
-
-    from infra.nclue_env import NclueEnv
-    from userlens.api.app import create_app
-    from userlens.client import NclueClient
+    from infra.nclue_env import running_nclue
     from userlens.config import Settings
-    from userlens.services import build_services
 
     kw = {**backend.settings_kwargs(), "object_store": "local", "storage_root": small_disk.mnt / "buckets"}
     settings = Settings(**kw, workers=0, internal_bucket=f"internal-{uuid.uuid4().hex[:10]}", lease_seconds=5, retry_backoff_seconds=0.2, max_attempts=2,
                         master_key="test-master-key", task_candidates="logreg:0.001", feature_chunk_rows=100)
-    svc = build_services(settings)
-    svc.store.create_bucket(settings.internal_bucket)
-    bucket = f"t-{uuid.uuid4().hex[:12]}"
-    svc.store.create_bucket(bucket)
-    creds = svc.accounts.create_key(f"acct-{uuid.uuid4().hex[:8]}")
-    app = create_app(settings, svc, start_workers=False)
-    worker = svc.make_worker(1)
-    worker.start()
-    try:
-        with TestClient(app) as http:
-            env = NclueEnv(svc, app, NclueClient("http://testserver", creds.access_key, creds.secret_key, http=http), creds.account_id, bucket, http)
-            env.extra["disk"] = small_disk
+    with running_nclue(settings, worker_threads=1) as env:
+        env.extra["disk"] = small_disk
+        try:
             yield env
-    finally:
-        small_disk.free()
-        worker.stop(15)
-        svc.close()
+        finally:
+            small_disk.free()  # before the worker stops: a job retrying on the full disk can end
 
 
 def job(w, job_id: str) -> Job:
@@ -262,3 +247,109 @@ def test_store_errors_naming_a_full_store_are_object_store_full(error, full):
     with pytest.raises(ObjectStoreError) as got:
         LocalObjectStore.__new__(LocalObjectStore)._guard(fail)
     assert isinstance(got.value, ObjectStoreFull) is full
+
+
+# -- S3: a server answering "storage full" -----------------------------------------------------------
+class FullS3Proxy:
+    """An HTTP proxy in front of the S3 server that, while `full`, answers every upload (PUT, POST but
+    DeleteObjects) as MinIO does when its drives are full: 507 XMinioStorageFull. Reads and deletes pass.
+    Requests are forwarded unchanged (the Host header too, so signatures still verify)."""
+
+    FULL = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>XMinioStorageFull</Code><Message>Storage backend has reached '
+            b"its minimum free drive threshold. Please delete a few objects to proceed.</Message><RequestId>0</RequestId></Error>")
+
+    def __init__(self, target: tuple[str, int]):
+        import http.client
+        import http.server
+
+        proxy = self
+        self.full = False
+        self.refused = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                deleting = self.command == "POST" and "delete" in self.path.partition("?")[2].split("&")  # DeleteObjects
+                if proxy.full and self.command in ("PUT", "POST") and not deleting:
+                    proxy.refused += 1
+                    self.send_response(507)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(proxy.FULL)))
+                    self.end_headers()
+                    self.wfile.write(proxy.FULL)
+                    return
+                up = http.client.HTTPConnection(*target, timeout=60)
+                try:
+                    up.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items()})
+                    r = up.getresponse()
+                    data = r.read()
+                    self.send_response(r.status, r.reason)
+                    for k, v in r.getheaders():  # a HEAD keeps the object's Content-Length
+                        if k.lower() not in ("transfer-encoding", "connection") and (k.lower() != "content-length" or self.command == "HEAD"):
+                            self.send_header(k, v)
+                    if self.command != "HEAD":
+                        self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    up.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_s3_store_answering_storage_full_mid_job(backend):
+    """The same on S3: uploads refused with 507 XMinioStorageFull after a Feature wrote its first part.
+    The job retries, fails with DISK_SPACE_SHORTAGE, leaves no object or open multipart upload, fsck is
+    clean; once the server takes uploads again the same request completes."""
+    from urllib.parse import urlsplit
+
+    from infra.nclue_env import running_nclue
+    from userlens.config import Settings
+    from userlens.understanding.models import Feature
+
+    if backend.s3 is None:
+        pytest.skip("needs the S3 backend")
+    target = urlsplit(backend.s3.endpoint_url)
+    proxy = FullS3Proxy((target.hostname, target.port))
+    kw = {**backend.settings_kwargs(), "s3_endpoint_url": proxy.url}
+    settings = Settings(**kw, workers=0, internal_bucket=f"internal-{uuid.uuid4().hex[:10]}", lease_seconds=5, retry_backoff_seconds=0.2, max_attempts=2,
+                        master_key="test-master-key", task_candidates="logreg:0.001", feature_chunk_rows=100, fault_slow_check_ms=300)
+    try:
+        with running_nclue(settings, worker_threads=1) as w:
+            c = w.client
+            text, _ = sample.generate(1500, seed=8)  # 15 parts, 0.3 s each at least
+            w.put("seq/users.csv", text)
+            body = {"name": "f", "source_bucket": w.bucket, "source_file_path": "seq/users.csv"}
+            job_id = job_id_of(w, Feature, c.post("/api/v1/features", body)["feature_id"])
+            wait_for(lambda: w.store.list(settings.internal_bucket, "nclue"), 60, "the first vector part")
+            proxy.full = True
+            j = ended(w, job_id)
+            assert (j.status, j.fail_message, j.attempts) == ("failed", "DISK_SPACE_SHORTAGE", 2), (j.status, j.fail_message, j.fail_detail)
+            assert "XMinioStorageFull" in j.fail_detail and proxy.refused >= 2
+            assert c.get("/api/v1/features")["total"] == 1  # the API answers (reads pass)
+            assert w.store.list(settings.internal_bucket, "nclue") == []
+            assert backend.s3.s3_client().list_multipart_uploads(Bucket=settings.internal_bucket).get("Uploads", []) == []
+            report = run_fsck(w.svc)
+            assert report.clean, report.render()
+            proxy.full = False
+            j = ended(w, job_id_of(w, Feature, c.post("/api/v1/features", {**body, "name": "g"})["feature_id"]))
+            assert j.status == "completed", (j.fail_message, j.fail_detail)
+            assert run_fsck(w.svc).clean
+    finally:
+        proxy.close()

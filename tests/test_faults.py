@@ -314,11 +314,8 @@ def through_proxy(backend, tmp_path):
     import uuid
     from urllib.parse import urlsplit
 
-    from fastapi.testclient import TestClient
-    from userlens.api.app import create_app
-    from userlens.client import NclueClient
+    from infra.nclue_env import running_nclue
     from userlens.config import Settings
-    from userlens.services import build_services
 
     if backend.s3 is None:
         pytest.skip("an object-store outage needs the S3 backend")
@@ -328,26 +325,15 @@ def through_proxy(backend, tmp_path):
     kw = {**backend.settings_kwargs(), "s3_endpoint_url": proxy.url}
     settings = Settings(**kw, workers=0, internal_bucket=f"internal-{uuid.uuid4().hex[:10]}", lease_seconds=3, retry_backoff_seconds=0.5, max_attempts=6,
                         master_key="test-master-key", task_candidates="logreg:0.001", fault_slow_check_ms=300, feature_chunk_rows=100)
-    svc = build_services(settings)
-    svc.store.create_bucket(settings.internal_bucket)
-    bucket = f"t-{uuid.uuid4().hex[:12]}"
-    svc.store.create_bucket(bucket)
-    creds = svc.accounts.create_key(f"acct-{uuid.uuid4().hex[:8]}")
-    app = create_app(settings, svc, start_workers=False)
-    worker = svc.make_worker(2)
-    worker.start()
     try:
-        with TestClient(app) as http:
-            from infra.nclue_env import NclueEnv
-
-            env = NclueEnv(svc, app, NclueClient("http://testserver", creds.access_key, creds.secret_key, http=http), creds.account_id, bucket, http)
+        with running_nclue(settings, worker_threads=2) as env:
             env.extra["proxy"] = proxy
-            yield env
+            try:
+                yield env
+            finally:
+                proxy.up() if proxy.listener is None else None  # so the worker can stop cleanly
     finally:
-        proxy.up() if proxy.listener is None else None
-        worker.stop(15)
         proxy.down()
-        svc.close()
 
 
 def wait_job(w, model, rid, pred, timeout=90):

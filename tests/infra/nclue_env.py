@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from infra.jobs import drain_jobs
 
@@ -61,3 +63,32 @@ class NclueEnv:
 
     def settings_chunk_rows(self, n: int) -> None:
         self.svc.features.deps.chunk_rows = n
+
+
+@contextmanager
+def running_nclue(settings: Settings, worker_threads: int = 0) -> Iterator[NclueEnv]:
+    """The app on `settings` with its internal bucket, a customer bucket and one access key, and
+    `worker_threads` worker threads running jobs meanwhile (0: none; tests run them with run_jobs)."""
+    from fastapi.testclient import TestClient
+
+    from userlens.api.app import create_app
+    from userlens.client import NclueClient
+    from userlens.services import build_services
+
+    svc = build_services(settings)
+    worker = None
+    try:
+        svc.store.create_bucket(settings.internal_bucket)
+        bucket = f"t-{uuid.uuid4().hex[:12]}"
+        svc.store.create_bucket(bucket)
+        creds = svc.accounts.create_key(f"acct-{uuid.uuid4().hex[:8]}")
+        app = create_app(settings, svc, start_workers=False)
+        if worker_threads:
+            worker = svc.make_worker(worker_threads)
+            worker.start()
+        with TestClient(app) as http:
+            yield NclueEnv(svc, app, NclueClient("http://testserver", creds.access_key, creds.secret_key, http=http), creds.account_id, bucket, http)
+    finally:
+        if worker is not None:
+            worker.stop(15)
+        svc.close()
