@@ -253,10 +253,15 @@ def _ray_chunk(fn: ChunkFn, spec: StoreSpec, shared: Any, item: Any) -> Any:
 
 
 def start_local_ray(num_cpus: int | None = None, object_store_mb: int = 256) -> None:
-    """A single-node Ray bound to loopback, without dashboard (tests, `userlens worker --ray`)."""
+    """A single-node Ray on loopback, without dashboard (tests, `userlens worker --ray`)."""
+    # Ray picks the node's address from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback), read once
+    # when ray is imported (and by each process it starts): `_node_ip_address="127.0.0.1"` alone is
+    # turned back into the machine's address. So set it first, and in an already imported ray too.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
+    from ray._private import ray_constants
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
