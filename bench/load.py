@@ -163,6 +163,7 @@ class Load:
         self.samples: list[str] = []
         self.next_submit = 0.0
         self.submits = 0
+        self.sent = 0  # every request, warm-up included (the server's CPU counts them all)
         self.measure_from = 0.0  # requests started before this (the warm-up) are not counted
 
     def nclue_headers(self, method: str, uri: str) -> dict:
@@ -189,6 +190,7 @@ class Load:
 
     async def one(self, c: httpx.AsyncClient, kind: str, method: str, path: str, params=None, **kw) -> httpx.Response | None:
         t = time.perf_counter()
+        self.sent += 1
         try:
             if path.startswith("/api/v1"):
                 kw["headers"] = {**kw.get("headers", {}), **self.nclue_headers(method, path)}
@@ -283,10 +285,26 @@ def job_states(env: dict) -> dict:
         db.dispose()
 
 
-def run_backend(db: str, clients: int, seconds: float, baseline_seconds: float, think_ms: float) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: per request, a measure of the server's own
+    work that other processes competing for the cores inflate far less than latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile_server(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy (if installed) samples the server during the measured load: collapsed stacks, one line
+    per stack with its sample count (`--profile DIR`; where the server's time goes)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_backend(db: str, clients: int, seconds: float, baseline_seconds: float, think_ms: float, profile: Path | None = None, worker_nice: int | None = None) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix=f"ul-load-{db}-"))
     env = {"USERLENS_DATA_DIR": str(data_dir), "USERLENS_MASTER_KEY": "bench", "USERLENS_LOG_LEVEL": "WARNING"}
     pg_name = None
+    saved_env = dict(os.environ)  # seed() and job_states() set this run's USERLENS_* variables
     if db == "postgres":
         pg_name, env["USERLENS_DATABASE_URL"] = make_pg_database()
     procs: list[subprocess.Popen] = []
@@ -294,6 +312,8 @@ def run_backend(db: str, clients: int, seconds: float, baseline_seconds: float, 
         s = seed(env)
         port = free_port()
         penv = {**os.environ, **env}
+        if worker_nice is not None:  # the workers' job threads (USERLENS_WORKER_NICE; default 10)
+            penv["USERLENS_WORKER_NICE"] = str(worker_nice)
         procs.append(start(["serve", "--workers", "0", "--port", str(port), "--no-samples"], penv, data_dir / "server.log"))
         for _ in range(2):  # two workers running the submitted jobs
             procs.append(start(["worker", "--threads", "1"], penv, data_dir / "worker.log"))
@@ -310,15 +330,29 @@ def run_backend(db: str, clients: int, seconds: float, baseline_seconds: float, 
             time.sleep(0.2)
         result = {}
         base_load = Load(base, s, healthz_only=True, think_ms=think_ms)
+        cpu0 = process_cpu_s(procs[0].pid)
         result.update(summarize(base_load, asyncio.run(base_load.run(clients, baseline_seconds))))
+        cpu1 = process_cpu_s(procs[0].pid)
+        result["healthz (baseline)"]["server_cpu_ms"] = (cpu1 - cpu0) / max(1, base_load.sent) * 1000
         load = Load(base, s, healthz_only=False, think_ms=think_ms)
+        spy = profile_server(procs[0].pid, seconds + 3, profile / f"server-{db}-{int(time.time())}.txt") if profile else None
         elapsed = asyncio.run(load.run(clients, seconds))
+        cpu2 = process_cpu_s(procs[0].pid)
+        if spy is not None:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.terminate()
+                spy.wait(10)
         result.update(summarize(load, elapsed))
         reads = sorted(load.lat.get("read nclue", []) + load.lat.get("read aep", []))
         result["reads (both)"] = {"requests": len(reads), "rps": len(reads) / elapsed, "p50_ms": statistics.median(reads), "p99_ms": reads[max(0, int(len(reads) * 0.99) - 1)], "errors": load.errors.get("read nclue", 0) + load.errors.get("read aep", 0)}
+        # Server CPU per request over the whole mixed load (reads, submissions and uploads together).
+        result["reads (both)"]["server_cpu_ms"] = (cpu2 - cpu1) / max(1, load.sent) * 1000
         result["_samples"] = base_load.samples + load.samples
         result["_jobs"] = job_states(env)
         result["_jobs_submitted"] = load.submits
+        result["_loadavg"] = os.getloadavg()
         return result
     finally:
         for p in procs:
@@ -326,6 +360,8 @@ def run_backend(db: str, clients: int, seconds: float, baseline_seconds: float, 
         if pg_name:
             drop_pg_database(pg_name)
         shutil.rmtree(data_dir, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(saved_env)
 
 
 KINDS = ["healthz (baseline)", "reads (both)", "read nclue", "read aep", "submit nclue run", "submit aep batch"]
@@ -338,28 +374,36 @@ def main() -> None:
     ap.add_argument("--baseline-seconds", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--backends", default="sqlite,postgres")
+    ap.add_argument("--profile", type=Path, default=None, help="a folder for py-spy profiles of the server during the load (collapsed stacks)")
+    ap.add_argument("--worker-nice", default="", help="comma-separated nice values of the workers' job threads to compare, e.g. 0,10 (default: the setting's, 10)")
     ap.add_argument("--think-ms", type=float, default=0.0, help="mean pause of each client between calls (0: as fast as the server answers, a saturation test)")
     args = ap.parse_args()
     res: dict = {}
-    for db in args.backends.split(","):
-        for i in range(args.repeats):
-            console.print(f"{db}: run {i + 1}/{args.repeats}: {args.clients} clients, {args.baseline_seconds:.0f} s baseline + {args.seconds:.0f} s load ...")
-            r = run_backend(db, args.clients, args.seconds, args.baseline_seconds, args.think_ms)
-            for line in r.pop("_samples"):
-                console.print(f"  error sample: {line}")
-            console.print(f"  jobs submitted: {r.pop('_jobs_submitted')}; all jobs by status when the load stopped: {r['_jobs']}")
-            res.setdefault(db, []).append(r)
+    nices = [int(n) for n in args.worker_nice.split(",")] if args.worker_nice else [None]
+    # Repeats outermost, so that variants compared with each other see the same drift of other work.
+    for i, db, nice in ((i, d, n) for i in range(args.repeats) for d in args.backends.split(",") for n in nices):
+        label = db if nice is None else f"{db} nice {nice}"
+        console.print(f"{label}: run {i + 1}/{args.repeats}: {args.clients} clients, {args.baseline_seconds:.0f} s baseline + {args.seconds:.0f} s load ...")
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        r = run_backend(db, args.clients, args.seconds, args.baseline_seconds, args.think_ms, args.profile, nice)
+        for line in r.pop("_samples"):
+            console.print(f"  error sample: {line}")
+        console.print(f"  jobs submitted: {r.pop('_jobs_submitted')}; all jobs by status when the load stopped: {r['_jobs']}; load average {'/'.join(f'{x:.1f}' for x in r['_loadavg'])}")
+        res.setdefault(label, []).append(r)
     rows = []
     for db, runs in res.items():
         base_rps = statistics.median(r["healthz (baseline)"]["rps"] for r in runs)
+        base_p99 = statistics.median(r["healthz (baseline)"]["p99_ms"] for r in runs)
         for kind in KINDS:
             xs = [r[kind] for r in runs if kind in r]
             if not xs:
                 continue
             rps = [x["rps"] for x in xs]
-            rows.append([f"{db}: {kind}", fmt_stats(rps, digits=0), fmt_stats([x["p50_ms"] for x in xs], " ms", 1), fmt_stats([x["p99_ms"] for x in xs], " ms", 1), str(sum(x["errors"] for x in xs)), str(sum(x["requests"] for x in xs)), f"{statistics.median(rps) / base_rps:.2f}"])
-    console.print(table(f"Load: {args.clients} clients, think {args.think_ms:.0f} ms, {args.seconds:.0f} s, loopback, 2 workers; median (min–max) over {args.repeats} run(s); shared 2-core machine", ["backend: kind", "requests/s", "p50", "p99", "errors", "requests", "rps / baseline"], rows))
-    console.print(f"saved {save('load', {'args': vars(args), 'results': res})}")
+            rows.append([f"{db}: {kind}", fmt_stats(rps, digits=0), fmt_stats([x["p50_ms"] for x in xs], " ms", 1), fmt_stats([x["p99_ms"] for x in xs], " ms", 1), str(sum(x["errors"] for x in xs)), str(sum(x["requests"] for x in xs)), f"{statistics.median(rps) / base_rps:.2f}", f"{statistics.median(x['p99_ms'] for x in xs) / base_p99:.2f}",
+                         fmt_stats([x["server_cpu_ms"] for x in xs], " ms", 2) if all("server_cpu_ms" in x for x in xs) else ""])
+    console.print(table(f"Load: {args.clients} clients, think {args.think_ms:.0f} ms, {args.seconds:.0f} s, loopback, 2 workers; median (min–max) over {args.repeats} run(s); shared 2-core machine", ["backend: kind", "requests/s", "p50", "p99", "errors", "requests", "rps / baseline", "p99 / baseline p99", "server CPU / request"], rows))
+    console.print(f"saved {save('load', {'args': {**vars(args), 'profile': str(args.profile or '')}, 'results': res})}")
 
 
 if __name__ == "__main__":
