@@ -2,8 +2,9 @@
 
 The object store is a local folder on a small tmpfs (mounted for the test; it needs root, else the
 tests are skipped), so a write fails with a real ENOSPC from the kernel: no fault is injected in
-userlens. The metadata database is the backend's (SQLite or PostgreSQL); S3 servers answering 507 or
-a quota error map to the same ObjectStoreFull by their error text (objectstore.FULL_MARKERS).
+userlens. The metadata database is the backend's (SQLite or PostgreSQL). On S3, a proxy in front of the test's
+seaweedfs answers uploads as MinIO does with full drives (507 XMinioStorageFull): S3 answers that name
+a full store or a quota map to the same ObjectStoreFull (objectstore.FULL_MARKERS).
 
 For a Feature, a Run, an AEP batch ingestion and an AEP export, with the disk filled so that the
 job's first writes fit and a later one does not: the job fails with the documented code once its
