@@ -15,8 +15,9 @@ same ratios are also given from CPU time: the CPU seconds of every process invol
 local Ray's GCS, raylet and workers) for the overhead, and those of the busiest process (the critical
 path with a free core per process) for the speed-up.
 
-Jobs are registered in JOBS: a function `(env, users_path, users) -> Measure` that submits one job
-through the services and returns a callable running it to completion. The export helper adds
+Jobs are registered in JOBS: a function `(env, dataset_path, name) -> dict` that submits one job
+through the services, runs it with `run_to_completion(env)` (wall and CPU times) and returns those
+times with `units` (what the throughput counts). The export helper adds
 "export" there (`--job export`).
 """
 
@@ -124,11 +125,11 @@ def aep_ingest_job(env: Embedded, path: Path, name: str) -> dict:
         r = http.put(f"/data/foundation/import/batches/{bid}/datasets/{ds}/files/{f.name}", content=f.read_bytes(), headers={**H, "Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
     http.post(f"/data/foundation/import/batches/{bid}?action=COMPLETE", headers=H)
-    seconds = run_to_completion(env)
+    timing = run_to_completion(env)
     b = http.get(f"/data/foundation/catalog/batches/{bid}", headers=H).json()[bid]
     if b["status"] != "success":
         raise SystemExit(f"ingestion failed: {b.get('errors')}")
-    return {"seconds": seconds, "units": b["recordCount"], "users": users}
+    return {**timing, "units": b["recordCount"], "users": users}
 
 
 # job name -> (run one job of the dataset, the unit its throughput counts)
