@@ -21,9 +21,8 @@ Three kinds of finding:
 
 * orphan: an object no row references. Classified as `dead-attempt` (an attempt folder of a resource
   that exists, left by a worker that died or lost its lease: the engine's on_abort normally removes
-  it, the next attempt or the claim of the dead job too), `temporary` (a `.tmp-` file of a killed
-  local-store write, in any bucket: the store's root's `.tmp/` folder, or next to the object for
-  older writes), `deleted-resource` (the owning row is gone: a delete whose
+  it, the next attempt or the claim of the dead job too), `temporary` (a hidden `.tmp-` file of a
+  local-store write that was killed), `deleted-resource` (the owning row is gone: a delete whose
   object removal failed) or `unknown` (outside every layout). All are safe to delete; `--repair`
   deletes those older than a grace period (default 1 h), never a referenced object.
 * dangling: a row of a completed/successful resource whose objects are missing or incomplete
@@ -55,7 +54,6 @@ CANCELLED = JobStatus.CANCELLED.value
 
 NCLUE_FOLDERS = {"features": "Feature", "tasks": "Task", "shopping-intents": "ShoppingIntent"}
 BUILTIN_SOURCE = "panels/builtin-source"
-STORE_TMP = "(store)/.tmp/"  # the key of a local store's temporary in findings: outside every bucket
 
 
 @dataclass
@@ -344,31 +342,15 @@ class Fsck:
             code, detail = self._classify(key, snap)
             r.findings.append(Finding("orphan", code, detail, key=key, size=size, age_s=None if mtime is None else round(started - mtime, 1)))
 
-        self._check_temporaries(r, started)
-
         if repair:
             for f in r.of("orphan"):
                 if f.age_s is not None and f.age_s >= grace_seconds:
-                    if f.key.startswith(STORE_TMP):
-                        self.store.remove_temporary(f.key[len(STORE_TMP) :])
-                    else:
-                        self.store._guard(lambda k=f.key: self.store.fs.rm_file(self.store.path(self.bucket, k)))
+                    self.store._guard(lambda k=f.key: self.store.fs.rm_file(self.store.path(self.bucket, k)))
                     f.repaired = True
             young = [f for f in r.of("orphan") if not f.repaired]
             if young:
                 r.notes.append(f"{len(young)} orphan(s) younger than the grace period of {grace_seconds:g} s were kept")
         return r
-
-    def _check_temporaries(self, r: Report, started: float) -> None:
-        """A local store's writes in flight live in its root's .tmp/ folder, outside every bucket:
-        one older than the check was killed mid-write (customers' result files included)."""
-        if not hasattr(self.store, "temporaries"):
-            return  # S3: an unfinished upload never becomes an object
-        for name, size, mtime in self.store.temporaries():
-            if mtime >= started:
-                r.skipped_in_flight += 1
-                continue
-            r.findings.append(Finding("orphan", "temporary", "partial write of a killed or failed write (local store)", key=STORE_TMP + name, size=size, age_s=round(started - mtime, 1)))
 
     def _check_feature(self, r: Report, objects: dict, label: str, prefix: str, user_count: int | None) -> None:
         parts = sorted(k for k in objects if k.startswith(prefix + "/") and k.rsplit("/", 1)[-1].startswith("part-") and k.endswith(".parquet"))

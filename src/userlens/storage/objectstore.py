@@ -1,8 +1,8 @@
 """Object storage behind one interface: a local folder of buckets, or any S3-compatible store.
 
 Both backends are fsspec filesystems, so pyarrow and DuckDB can read the same paths. Writes through
-`open_write` become visible atomically: the local backend writes a hidden temporary file (in its
-root's `.tmp/` folder) and renames it; S3 makes an object visible only when its (multipart) upload completes.
+`open_write` become visible atomically: the local backend writes a hidden temporary file and renames
+it; S3 makes an object visible only when its (multipart) upload completes.
 """
 
 from __future__ import annotations
@@ -251,34 +251,12 @@ def _is_temporary(name: str) -> bool:
 
 
 class LocalObjectStore(ObjectStore):
-    """Buckets are folders under `root`. Writes in flight live in `root/.tmp/` (not a valid bucket
-    name, on the same filesystem so the final rename is atomic): a write killed mid-way leaves its
-    temporary there, never in a customer's bucket; `temporaries()` lists them for fsck."""
-
-    TMP = ".tmp"
+    """Buckets are folders under `root`."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.root / self.TMP
-        self.tmp_dir.mkdir(exist_ok=True)
         self.fs = fsspec.filesystem("file")
-
-    def temporaries(self) -> list[tuple[str, int, float]]:
-        """(name, size, modification time) of every temporary: writes in flight, or killed ones."""
-        out = []
-        for entry in os.scandir(self.tmp_dir):
-            try:
-                st = entry.stat()
-            except FileNotFoundError:  # its write just finished
-                continue
-            out.append((entry.name, st.st_size, st.st_mtime))
-        return sorted(out)
-
-    def remove_temporary(self, name: str) -> None:
-        if "/" in name or not _is_temporary(name):
-            raise InvalidObjectPath(f"not a temporary: {name!r}")
-        (self.tmp_dir / name).unlink(missing_ok=True)
 
     def path(self, bucket: str, key: str = "") -> str:
         check_bucket(bucket)
@@ -291,7 +269,7 @@ class LocalObjectStore(ObjectStore):
         Path(self.path(bucket)).mkdir(parents=True, exist_ok=True)
 
     def list(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
-        # Hidden temporaries (of writes made before they moved to root/.tmp) are not objects.
+        # Hidden temporaries of writes in flight are not objects yet.
         return [o for o in super().list(bucket, prefix) if not _is_temporary(o.key.rsplit("/", 1)[-1])]
 
     def _has_objects_under(self, bucket: str, key: str) -> bool:
@@ -311,11 +289,10 @@ class LocalObjectStore(ObjectStore):
         bucket_dir = Path(self.path(bucket))
         if not bucket_dir.is_dir():  # as on S3: writing does not create the bucket
             raise FileNotFoundError(errno.ENOENT, f"bucket {bucket!r} does not exist", str(bucket_dir))
-        tmp = self.tmp_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp = final.parent / f".tmp-{uuid.uuid4().hex}-{final.name}"
 
         def _open():
             final.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(exist_ok=True)
             return open(tmp, "wb")
 
         f = self._guard(_open)
