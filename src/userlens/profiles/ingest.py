@@ -25,10 +25,12 @@ rows are filtered, never converted). For Profile-enabled datasets it also feeds 
   Arrow bytes, and chunks whose schemas unify), which is sorted by (primary identity, time) and
   written as one lake part (row groups of ``EVENT_ROW_GROUP`` rows); SQL gets one *event group* per
   person of the run, pointing at its rows. The bodies stay in the lake only.
-A chunk's parts are numbered from its index times ``PART_STRIDE`` (chunks run apart). A chunk has no
-database: it leaves each part's SQL rows in a staging file (``{attempt}/stage/``), and returns its
-counts, rejected rows and identity-graph input. The job thread, file by file in order, loads the staged
-rows (SQL inserts of Parquet input on a background thread, ``_Loader``) and gathers the graph input
+A chunk's parts are numbered from its index times ``PART_STRIDE`` (chunks run apart). A chunk on Ray
+has no database: it leaves each part's SQL rows in a staging file (``{attempt}/stage/``), which the
+job thread loads as the chunk's result arrives; on the local executor a chunk hands them to the job's
+loader at once (``FileJob.sink``), so loading overlaps reading as before. SQL inserts of Parquet input
+run on a background thread (``_Loader``). A chunk returns its counts, rejected rows and identity-graph
+input; the job thread, chunk by chunk in order, gathers them and the graph input
 (every identity, and the links of rows with several), kept column-wise and merged into the sandbox
 graph at publication. Publication makes the batch, its lake files and its store rows visible at once.
 
@@ -48,8 +50,8 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -498,6 +500,9 @@ class FileJob:
     chunk_rows: int
     event_run_rows: int
     event_run_bytes: int
+    # Local executor only (never sent to Ray): takes each part's SQL rows at once, as the file is
+    # read, so the loading overlaps the reading as it did before chunks; None: staging files.
+    sink: Callable[[pa.Table], None] | None = None
 
     @property
     def events(self) -> bool:
@@ -531,7 +536,9 @@ class _PartWriter:
             pq.write_table(table, out, **kwargs)
 
     def _done(self, part: dict, n: int, stage: pa.Table | None) -> None:
-        if stage is not None:
+        if stage is not None and self.job.sink is not None:
+            self.job.sink(stage)
+        elif stage is not None:
             part["stage"] = f"{stage_prefix(self.job.lake)}/{n:05d}.parquet"
             self._write(part["stage"], stage, compression="zstd", compression_level=1)
         part["size"] = self.store.size(self.job.bucket, part["key"])
@@ -823,9 +830,11 @@ class IngestService:
     def _on_abort(self, ctx: JobContext) -> None:
         with self.db.session() as s:
             b = s.get(Batch, ctx.payload["batch_id"])
-        self.profiles.clear_batch(ctx.payload["batch_id"], ctx.attempt_tag)
-        if b is not None:
-            self.store.delete_prefix(self.bucket, f"{lake_root(b)}/{ctx.attempt_tag}")
+        try:
+            self.profiles.clear_batch(ctx.payload["batch_id"], ctx.attempt_tag)  # may fail on a full disk (SQLite)
+        finally:  # the lake files go regardless; the next attempt clears the batch's invisible rows
+            if b is not None:
+                self.store.delete_prefix(self.bucket, f"{lake_root(b)}/{ctx.attempt_tag}")
 
     def _on_fail(self, s: Session, job) -> None:
         b = s.get(Batch, (job.payload or {}).get("batch_id"))
@@ -882,6 +891,10 @@ class IngestService:
                 t = pq.read_table(f)
         except ObjectStoreError as exc:
             raise TransientJobError("INGEST-1503-503", f"reading staged rows: {exc}") from exc
+        self._insert(load_id, t, events)
+
+    def _insert(self, load_id: int, t: pa.Table, events: bool) -> None:
+        """Inserts a part's profile-store rows (record fragments or event groups)."""
         if events:
             self.profiles.insert_event_groups(load_id, list(zip(*(t.column(c).to_pylist() for c in EVENT_STAGE))))
         else:
@@ -922,6 +935,15 @@ class IngestService:
         load_id = self.profiles.begin_load(b.sandbox_id, b.dataset_id, batch_id, attempt, ds.behaviour, ingest_ms, f"{lake_root(b)}/{attempt}") if to_store else None
         job = FileJob(self.bucket, f"{lake_root(b)}/{attempt}", fmt, bool(b.input_format.get("isMultiLineJson")), ds.behaviour, ingest_ms, to_store, self.chunk_rows, self.event_run_rows, self.event_run_bytes)
         loader = _Loader(threaded=fmt == "parquet")
+        executor = self._executor(ctx)
+        if to_store and isinstance(executor, LocalExecutor):
+            lock = threading.Lock()  # chunk threads share the loader
+
+            def sink(t: pa.Table) -> None:
+                with lock:
+                    loader.submit(self._insert, load_id, t, events)
+
+            job = replace(job, sink=sink)
 
         def on_result(i: int, r: dict) -> None:
             # In the job thread, file by file in order: counts, rejected rows, graph input, SQL rows.
@@ -943,7 +965,7 @@ class IngestService:
         try:
             # Row rules are Python (one thread: the GIL); Parquet input is mostly Arrow, files in parallel.
             items, sizes = self._plan(files, fmt)
-            self._executor(ctx).map(ctx, ingest_file, items, shared=job, on_result=on_result, local_threads=None if fmt == "parquet" else 1)
+            executor.map(ctx, ingest_file, items, shared=job, on_result=on_result, local_threads=None if fmt == "parquet" else 1)
             loader.wait()
         finally:
             loader.close()
