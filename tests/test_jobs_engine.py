@@ -271,3 +271,22 @@ def test_running_jobs_split_the_cores(database):
     run_with(database, lambda ctx: seen.append((ctx.cores(), max(1, CORES.cores // CORES.running), CORES.running)) or Outcome())
     (given, expected, running), = seen
     assert running >= 1 and given == expected
+
+
+@pytest.mark.parametrize("error", [JobFailure("BAD", "no"), TransientJobError("FLAKY", "later"), RuntimeError("bug")])
+def test_an_attempts_output_is_discarded_before_the_job_says_it_ended(database, error):
+    """A client polling the job never sees "failed" (or the retry's next attempt) while the failed
+    attempt's output still exists: on_abort runs while the job is still in progress."""
+    q = make_queue(database)
+    reg = JobRegistry()
+    seen = []
+
+    def failing(ctx):
+        raise error
+
+    reg.register("t.echo", failing, on_abort=lambda ctx: seen.append(q.get(ctx.job_id).status))
+    jid = submit(q)
+    q.promote()
+    Worker(q, reg, worker_id="w").run_one()
+    assert seen == ["in_progress"]
+    assert status(q, jid).status in ("failed", "pending", "registered")

@@ -199,15 +199,31 @@ class Worker:
         started = time.monotonic()
         log.info("job %s (%s) attempt %d started", job.id, job.kind, job.attempts)
         ending = "failed"
+
+        def discard() -> None:
+            # What the attempt wrote goes before the job says it ended: a client that sees
+            # "failed" (or a retry's next attempt) never finds the attempt's leftovers.
+            if kind.on_abort is None:
+                return
+            try:
+                kind.on_abort(ctx)
+            except Exception:
+                log.warning("cleanup after job %s failed", job.id, exc_info=True)
+
         try:
-            outcome = kind.handler(ctx)
-            ctx.check()
-            hb.beat()
-            ctx.check()
+            try:
+                outcome = kind.handler(ctx)
+                ctx.check()
+                hb.beat()
+                ctx.check()
+            except BaseException:
+                discard()
+                raise
             if self.queue.complete(job.id, slot_id, outcome):
                 ending = "completed"
             else:
                 ending = "lease lost before publishing"
+                discard()
         except LeaseLost:
             ending = "lease lost"
         except JobCancelled:
@@ -239,9 +255,4 @@ class Worker:
             CORES.job_ended()
             hb.stop_event.set()
             hb.join(5)
-        if ending != "completed" and kind.on_abort is not None:
-            try:
-                kind.on_abort(ctx)
-            except Exception:
-                log.warning("cleanup after job %s failed", job.id, exc_info=True)
         log.info("job %s (%s) attempt %d %s in %.2fs", job.id, job.kind, job.attempts, ending, time.monotonic() - started)
