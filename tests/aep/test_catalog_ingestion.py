@@ -70,6 +70,8 @@ def test_event_batch_rejection_rules_with_row_numbers(aep):
     assert table.num_rows == 60 and sorted(table.column("_id").to_pylist()) == sorted(f"e{i}" for i in range(60))
     part = c.request("GET", f"/data/foundation/export/files/{f['dataSetFileId']}", params={"path": name}, headers={"Range": "bytes=0-3"})
     assert part.status_code == 206 and part.content == b"PAR1" and part.headers["content-range"] == f"bytes 0-3/{len(raw.content)}"
+    head = c.request("HEAD", f"/data/foundation/export/files/{f['dataSetFileId']}", params={"path": name})
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) == len(raw.content)
 
 
 def test_record_over_100kb_and_threshold_fails_batch(aep):

@@ -73,7 +73,9 @@ def _file(request: Request, t: Tenant, file_id: str) -> dict:
     return files[i]
 
 
-@router.api_route("/files/{file_id}", methods=["GET", "HEAD"], summary="A dataset file: its listing, or its content with ?path=")
+# GET and HEAD as two routes: one api_route with both methods gives both the same operationId.
+@router.get("/files/{file_id}", summary="A dataset file: its listing, or its content with ?path=", operation_id="getDatasetFile")
+@router.head("/files/{file_id}", summary="A dataset file's headers (size, ranges) without its content", operation_id="headDatasetFile")
 def get_file(file_id: str, request: Request, t: Tenant = Depends(tenant)):
     f = _file(request, t, file_id)
     path = request.query_params.get("path")
