@@ -149,30 +149,36 @@ def _write_attributes_part(store: ObjectStore, bucket: str, key: str, user_ids: 
 
 
 def iter_blocks(store: ObjectStore, bucket: str, panel: ReferencePanel) -> Iterator[PanelBlock]:
-    """The panel's users part by part: vectors (via `vectors.iter_vectors`) joined with their
-    attributes by user id within the part, so memory is bounded by one part whatever the order."""
+    """The panel's users part by part, in order (see `iter_part`)."""
     for i in range(panel.part_count):
+        yield from iter_part(store, bucket, panel.prefix, panel.name, i)
+
+
+def iter_part(store: ObjectStore, bucket: str, prefix: str, name: str, i: int) -> Iterator[PanelBlock]:
+    """Part i of the panel stored under `prefix`: vectors (via `vectors.iter_vectors`) joined with
+    their attributes by user id within the part, so memory is bounded by one part whatever the order.
+    Plain arguments, not the panel row: an executor chunk (a Ray task) reads one part."""
+    try:
+        with store.open_read(bucket, f"{prefix}/attributes/{i:05d}.parquet") as f:
+            attrs = pq.read_table(f)
+    except (FileNotFoundError, ObjectStoreError, OSError, pa.ArrowException) as exc:
+        raise JobFailure("COMMON_ERROR", f"reference panel {name!r}: attributes of part {i} unreadable ({exc})") from exc
+    position = {u: j for j, u in enumerate(attrs.column("user_id").to_pylist())}
+    for ids, mat in vectors.iter_vectors(store, bucket, f"{prefix}/vectors/{i:05d}"):
         try:
-            with store.open_read(bucket, f"{panel.prefix}/attributes/{i:05d}.parquet") as f:
-                attrs = pq.read_table(f)
-        except (FileNotFoundError, ObjectStoreError, OSError) as exc:
-            raise JobFailure("COMMON_ERROR", f"reference panel {panel.name!r}: attributes of part {i} unreadable ({exc})") from exc
-        position = {u: j for j, u in enumerate(attrs.column("user_id").to_pylist())}
-        for ids, mat in vectors.iter_vectors(store, bucket, f"{panel.prefix}/vectors/{i:05d}"):
-            try:
-                take = pa.array([position[u] for u in ids], pa.int64())
-            except KeyError as exc:
-                raise JobFailure("COMMON_ERROR", f"reference panel {panel.name!r}: user {exc.args[0]!r} has a vector but no attributes") from None
-            rows = attrs.take(take)
-            interests = rows.column("interests").combine_chunks()
-            yield PanelBlock(
-                user_ids=ids,
-                vectors=mat,
-                gender=rows.column("gender").to_numpy(),
-                age_group=rows.column("age_group").to_numpy(),
-                interest_counts=pc.list_value_length(interests).to_numpy(zero_copy_only=False).astype(np.int64),
-                interest_codes=pc.list_flatten(interests).to_numpy(zero_copy_only=False).astype(np.int64),
-            )
+            take = pa.array([position[u] for u in ids], pa.int64())
+        except KeyError as exc:
+            raise JobFailure("COMMON_ERROR", f"reference panel {name!r}: user {exc.args[0]!r} has a vector but no attributes") from None
+        rows = attrs.take(take)
+        interests = rows.column("interests").combine_chunks()
+        yield PanelBlock(
+            user_ids=ids,
+            vectors=mat,
+            gender=rows.column("gender").to_numpy(),
+            age_group=rows.column("age_group").to_numpy(),
+            interest_counts=pc.list_value_length(interests).to_numpy(zero_copy_only=False).astype(np.int64),
+            interest_codes=pc.list_flatten(interests).to_numpy(zero_copy_only=False).astype(np.int64),
+        )
 
 
 # A check names the active resources that read a given panel (they block its deletion).

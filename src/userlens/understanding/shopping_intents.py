@@ -3,14 +3,21 @@ target group (their gender, age group and shopping interests, against the whole 
 
 POST takes a completed Task (409 otherwise) and picks the newest reference panel of the Task's model
 (panels.py; the built-in synthetic panel when the model has none, 422 MODEL_MISMATCH when there can
-be none). The job scores every panel user with the Task's classifier, one panel part at a time, and
-builds the report (intent_report.py). The TSV is written under an attempt-unique folder of the
-internal bucket and published with the JSON form, `line_count` (panel users scored) and
+be none). The job scores every panel user with the Task's classifier and builds the report
+(intent_report.py). The scoring runs on the executor (jobs/executor.py: threads, or Ray tasks), one
+panel part a chunk: a chunk reads its part from the object store, scores it and returns the part's
+summary (attribute counts and its own top group-size users' scores and codes, no vectors); the job
+merges the summaries in panel order as they come, so the report is the same on every executor (and
+equal to the report of the whole panel at once). The TSV is written under an attempt-unique folder
+of the internal bucket and published with the JSON form, `line_count` (panel users scored) and
 `disk_usage` (the TSV's bytes, counted in the account's storage quota) when the job completes.
 The download serves that TSV as `{profile_id}.tsv`, only once the profile is completed.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from sqlalchemy import update
@@ -19,16 +26,50 @@ from sqlalchemy.orm import Session
 from userlens.errors import Conflict
 from userlens.jobs.engine import JobContext, JobFailure, Outcome, TransientJobError
 from userlens.jobs.models import JobStatus
-from userlens.storage.objectstore import ObjectStoreError
+from userlens.storage.objectstore import ObjectStore, ObjectStoreError
 from userlens.understanding import intent_report
 from userlens.understanding.models import ReferencePanel, ShoppingIntent, Task
 from userlens.understanding.outputs import upload_failed
-from userlens.understanding.panels import PanelService, iter_blocks
+from userlens.understanding.panels import SECTIONS, PanelService, iter_part
 from userlens.understanding.resources import ResourceService, account_storage_used
 from userlens.understanding.tasks import TaskService, load_classifier
 from userlens.understanding.validation import check_name
 
 JOB_KIND = "nclue.shopping_intent"
+
+
+@dataclass(frozen=True)
+class PanelJob:
+    """What every chunk of one profile's scoring shares (picklable: sent once to Ray)."""
+
+    predict: Callable[[np.ndarray], np.ndarray]  # the Task's Classifier.predict_proba (pickles without its caches)
+    bucket: str  # the internal bucket
+    prefix: str  # the panel's folder
+    panel_name: str
+    sizes: dict[str, int]  # codes per section
+    group_size: int  # of the whole panel
+
+
+def score_panel_part(store: ObjectStore, job: PanelJob, part: int) -> intent_report.PanelSummary:
+    """One chunk: scores the users of one panel part and returns the part's summary."""
+    summary = None
+    # Store failures surface from iter_part as JobFailure / OBS_DOWNLOAD_FAILED (transient) already.
+    for block in iter_part(store, job.bucket, job.prefix, job.panel_name, part):
+        data = intent_report.PanelScores(
+            scores=np.asarray(job.predict(block.vectors), dtype=np.float64),
+            **{k: getattr(block, k).astype(np.int64) for k in ("gender", "age_group", "interest_counts", "interest_codes")},
+        )
+        block_summary = intent_report.summarize(data, job.sizes, job.group_size)
+        summary = block_summary if summary is None else intent_report.merge(summary, block_summary)
+    return summary if summary is not None else _empty(job)
+
+
+def _empty(job: PanelJob) -> intent_report.PanelSummary:
+    none = np.zeros(0, dtype=np.int64)
+    return intent_report.PanelSummary(
+        0, {s: np.zeros(n, dtype=np.int64) for s, n in job.sizes.items()},
+        intent_report.PanelScores(np.zeros(0, dtype=np.float64), none, none, none, none), job.group_size,
+    )
 
 
 class ShoppingIntentService(ResourceService):
@@ -77,20 +118,22 @@ class ShoppingIntentService(ResourceService):
             raise Conflict(f"the result of shopping intent profile {profile_id} is missing from storage") from exc
 
     # -- the job -------------------------------------------------------------------------------
-    def _score_panel(self, panel: ReferencePanel, predict, ctx: JobContext) -> intent_report.PanelScores:
-        """Every panel user's score and attribute codes, streamed one panel part at a time."""
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("scores", "gender", "age_group", "interest_counts", "interest_codes")}
-        done = 0
-        for block in iter_blocks(self.deps.store, self.deps.internal_bucket, panel):
-            ctx.check()
-            parts["scores"].append(np.asarray(predict(block.vectors), dtype=np.float64))
-            for k in ("gender", "age_group", "interest_counts", "interest_codes"):
-                parts[k].append(getattr(block, k).astype(np.int64))
-            done += len(block.user_ids)
-            ctx.progress(min(0.95, 0.05 + 0.9 * done / max(1, panel.user_count)), f"{done} panel users scored")
-        if done != panel.user_count:
-            raise JobFailure("COMMON_ERROR", f"reference panel {panel.name!r} holds {done} users, {panel.user_count} expected")
-        return intent_report.PanelScores(**{k: np.concatenate(v) for k, v in parts.items()})
+    def _score_panel(self, panel: ReferencePanel, predict, ctx: JobContext) -> intent_report.PanelSummary:
+        """The summary of the whole panel, its parts scored by the executor and merged in panel order."""
+        job = PanelJob(predict, self.deps.internal_bucket, panel.prefix, panel.name, {s: len(panel.categories[s]) for s in SECTIONS}, intent_report.group_size(panel.user_count))
+        summary = _empty(job)
+
+        def on_result(i: int, part: intent_report.PanelSummary) -> None:
+            nonlocal summary
+            summary = intent_report.merge(summary, part)  # called in input order: panel order
+            part.candidates = None  # merged; the executor keeps every result until the map ends
+            ctx.progress(min(0.95, 0.05 + 0.9 * summary.users / max(1, panel.user_count)), f"{summary.users} panel users scored")
+
+        self.deps.executor.map(ctx, score_panel_part, list(range(panel.part_count)), shared=job, on_result=on_result)
+        ctx.check()
+        if summary.users != panel.user_count:
+            raise JobFailure("COMMON_ERROR", f"reference panel {panel.name!r} holds {summary.users} users, {panel.user_count} expected")
+        return summary
 
     def run_job(self, ctx: JobContext) -> Outcome:
         d = self.deps
@@ -115,8 +158,8 @@ class ShoppingIntentService(ResourceService):
         clf = load_classifier(d.store, d.internal_bucket, task.artifact_key)
         if clf.dim != panel.dim:
             raise JobFailure("COMMON_ERROR", f"the Task expects {clf.dim}-dimensional vectors, reference panel {panel.name!r} has {panel.dim}")
-        data = self._score_panel(panel, clf.predict_proba, ctx)
-        report = {"panel_id": panel.id, "panel_name": panel.name, **intent_report.build_report(data, panel.categories)}
+        summary = self._score_panel(panel, clf.predict_proba, ctx)
+        report = {"panel_id": panel.id, "panel_name": panel.name, **intent_report.report_from_summary(summary, panel.categories)}
         tsv = intent_report.render_tsv(report)
         if used + len(tsv) > d.quota_bytes:
             raise JobFailure("DISK_SPACE_SHORTAGE", f"storage quota of {d.quota_bytes} bytes exceeded ({used} used)")
@@ -126,7 +169,7 @@ class ShoppingIntentService(ResourceService):
             disk_usage = d.store.size(d.internal_bucket, key)
         except ObjectStoreError as exc:
             raise upload_failed("writing the result", exc) from exc
-        lines = int(len(data.scores))
+        lines = int(summary.users)
 
         def publish(s: Session) -> None:
             s.execute(update(ShoppingIntent).where(ShoppingIntent.id == profile_id).values(result=report, result_key=key, line_count=lines, disk_usage=disk_usage))
