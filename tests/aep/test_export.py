@@ -259,11 +259,11 @@ def test_cancel_queued_and_running(aep, people, monkeypatch):
     monkeypatch.setattr(scan_mod, "PAGE", 51)
     slow = export_mod.ExportService._rows
 
-    def rows(self, *a, **k):
+    def rows(*a, **k):
         time.sleep(0.4)
-        return slow(self, *a, **k)
+        return slow(*a, **k)
 
-    monkeypatch.setattr(export_mod.ExportService, "_rows", rows)
+    monkeypatch.setattr(export_mod.ExportService, "_rows", staticmethod(rows))
     running = export(c, ds)
     t = threading.Thread(target=aep.run_jobs, daemon=True)
     t.start()

@@ -10,6 +10,13 @@ all. Files go under an attempt-unique folder of the batch's lake folder (``.../l
 {attempt}/part-NNNNN.parquet``, the layout of ingested batches, so the Data Access API serves them);
 an attempt that ends without publishing removes its folder (``on_abort``).
 
+Where it runs: without segments, events or memberships (identity graph ``pdg``) the records are read
+from the lake in chunks of the services' executor (``export_lake_chunk``: local threads, or Ray tasks
+that read and write the object store themselves; ``scan.LakeExport``); the job keeps the state,
+progress, the SQL scan of merged profiles and the publication. A chunk writes its own parts
+(``part-{chunk}.parquet``, ``part-{chunk}-{n}.parquet`` when the schema changes); the SQL scan's
+parts are numbered after the chunks'. Other exports scan SQL in the job's thread.
+
 Rows: one per exported profile: the merged attributes (``identityMap`` and ``_id`` of stored records
 replaced by the graph's ``identities`` and ``identityMap``), ``segmentMembership`` when the profile has
 memberships and ``additionalFields.eventList`` as a nested ``eventList`` of the profile's events.
@@ -36,7 +43,6 @@ per namespace among its identities.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -59,7 +65,8 @@ from userlens.profiles.catalog import new_ulid, now_ms
 from userlens.profiles.ingest import sandbox_root
 from userlens.profiles.merge import BUILTIN, MergePolicyService
 from userlens.profiles.models import Batch, Dataset
-from userlens.profiles.scan import LakeExport, ProfileScan, ScanPage, attributes_table, identity_columns, json_table
+from userlens.jobs.executor import LocalExecutor
+from userlens.profiles.scan import LakeChunk, LakeExport, ProfileScan, ScanPage, attributes_table, identity_columns, json_table, lake_chunk_pages
 from userlens.profiles.segments import SegmentDefinition, SegmentService, iso
 from userlens.profiles.store import ProfileStore
 from userlens.profiles.xdm import parse_timestamp_ms
@@ -313,8 +320,9 @@ def _json_column(name: str, values: list[Any]) -> pa.Array | None:
 class _BatchWriter:
     """The Parquet parts of one export batch: a new part when the schema changes or a part is full."""
 
-    def __init__(self, store: ObjectStore, bucket: str, prefix: str):
+    def __init__(self, store: ObjectStore, bucket: str, prefix: str, first: int = 0):
         self.store, self.bucket, self.prefix = store, bucket, prefix
+        self.first = first  # the number of its first part (a lake chunk's parts are numbered from its own)
         self.parts: list[dict] = []
         self._cm = self._f = self._w = None
         self._schema: pa.Schema | None = None
@@ -329,7 +337,7 @@ class _BatchWriter:
         if self._w is not None and (not table.schema.equals(self._schema) or self._rows >= PART_ROWS):
             self._close()
         if self._w is None:
-            name = f"part-{len(self.parts):05d}.parquet"
+            name = f"part-{self.first:05d}.parquet" if not self.parts else f"part-{self.first:05d}-{len(self.parts):03d}.parquet"
             key = f"{self.prefix}/{name}"
             self._cm = self.store.open_write(self.bucket, key)
             self._f = self._cm.__enter__()
@@ -373,6 +381,11 @@ class _BatchWriter:
 class _Counters:
     profiles: int = 0
     by_ns: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, profiles: int, by_ns: dict[str, int]) -> None:
+        self.profiles += profiles
+        for code, n in by_ns.items():
+            self.by_ns[code] = self.by_ns.get(code, 0) + n
 
     def add(self, page: ScanPage) -> None:
         self.profiles += len(page)
@@ -418,10 +431,49 @@ def lake_folder(org_id: str, sandbox_id: str, dataset_id: str, batch_id: str) ->
     return f"{sandbox_root(org_id, sandbox_id)}/lake/{dataset_id}/{batch_id}"
 
 
+@dataclass(frozen=True)
+class LakeChunkJob:
+    """What every chunk of a lake export shares (sent once to each executor task)."""
+
+    bucket: str
+    prefix: str  # the attempt's folder of the batch
+    schema: pa.Schema  # the attribute columns to read, typed as the parts read as one table
+    req: ExportRequest
+    want_ids: bool
+
+
+def write_error(exc: BaseException, prefix: str) -> TransientJobError | None:
+    """Parquet writes go straight to the open object: a full disk arrives as a bare OSError."""
+    if isinstance(exc, ObjectStoreError) or is_full(exc):
+        return TransientJobError("0090000009", f"Error writing profiles to output path '{prefix}': {exc}")
+    return None
+
+
+def export_lake_chunk(store: ObjectStore, job: LakeChunkJob, chunk: LakeChunk) -> dict:
+    """One chunk of a lake export (a local thread or a Ray task; no database): its profiles
+    (``scan.lake_chunk_pages``) as rows of the request, written as the batch's parts numbered from
+    the chunk's. Returns the parts and counters for the job."""
+    w = _BatchWriter(store, job.bucket, job.prefix, first=chunk.index)
+    counters = _Counters()
+    try:
+        for page in lake_chunk_pages(store, job.bucket, chunk, job.schema):
+            w.write(ExportService._rows(None, page, job.req, job.want_ids, False))
+            counters.add(page)
+        w.close()
+    except BaseException as exc:
+        w.abort()
+        err = write_error(exc, job.prefix)
+        if err is not None:
+            raise err from exc
+        raise
+    return {"parts": w.parts, "records": w.records, "profiles": counters.profiles, "by_ns": counters.by_ns, "write_s": w.write_s}
+
+
 class ExportService:
     def __init__(self, db: Database, objects: ObjectStore, queue: JobQueue, bucket: str, store: ProfileStore, policies: MergePolicyService, segments: SegmentService):
         self.db, self.objects, self.queue, self.bucket = db, objects, queue, bucket
         self.store, self.policies, self.segments = store, policies, segments
+        self.local = LocalExecutor(objects)
 
     # -- API ---------------------------------------------------------------------------------------
     def create(self, t: Tenant, body: Any) -> ExportJob:
@@ -560,17 +612,46 @@ class ExportService:
         members_of = [(x.segment_id, x.statuses) for x in req.segments] if req.segments else None
         lake = None
         if not (req.segments or req.event_list or req.empty_profiles or want_membership):
-            # Records read from the lake; graphs with several fragments from SQL (scan.LakeExport).
+            # Records read from the lake in executor chunks; graphs with several fragments from SQL (scan.LakeExport).
             lake = LakeExport.open(self.store, self.objects, self.bucket, sandbox_id, policy, columns=sorted({p[0] for p in out_fields}) if out_fields else None, from_ingest_ms=req.from_ingest, check=ctx.check)
-        scan = ProfileScan(self.store, sandbox_id, policy, events=req.event_list, empty_profiles=req.empty_profiles, memberships=want_membership, members_of=members_of, xids=lake.rest() if lake is not None else None)
-        pages = itertools.chain(lake.pages(ctx.check), scan.pages()) if lake is not None else scan.pages()
         batch_ids = _batch_ids(dest)
         seg_of_batch = [b["segmentId"] for b in dest["batches"]] if "batches" in dest else [None]
-        writers = [_BatchWriter(self.objects, self.bucket, f"{lake_folder(org_id, sandbox_id, dest['datasetId'], bid)}/{ctx.attempt_tag}") for bid in batch_ids]
+        prefixes = [f"{lake_folder(org_id, sandbox_id, dest['datasetId'], bid)}/{ctx.attempt_tag}" for bid in batch_ids]
         counters = _Counters()
         t_scan0 = now_ms()
+        chunk_parts: list[dict] = []  # the lake chunks' parts (of the one batch: no segments on this path)
+        chunk_records = 0
+        chunk_write_s = 0.0
+        first_part = 0
+        if lake is not None:
+            stage = f"{prefixes[0]}/stage"  # the chunks' graph snapshots (never published)
+            try:
+                chunks = lake.chunks(stage, ctx.check)
+                first_part = len(chunks)
+
+                def on_result(i: int, r: dict) -> None:
+                    # In the job thread, chunk by chunk in order: parts and counters.
+                    nonlocal chunk_records, chunk_write_s
+                    chunk_parts.extend(r["parts"])
+                    chunk_records += r["records"]
+                    chunk_write_s += r["write_s"]
+                    counters.merge(r["profiles"], r["by_ns"])
+                    ctx.progress(0.9 * (i + 1) / len(chunks), f"{counters.profiles} profiles exported")
+
+                executor = getattr(ctx.services, "executor", None) or self.local
+                executor.map(ctx, export_lake_chunk, chunks, shared=LakeChunkJob(self.bucket, prefixes[0], lake.attr_schema, req, want_ids), on_result=on_result)
+                self.objects.delete_prefix(self.bucket, stage)
+            except BaseException as exc:
+                err = write_error(exc, prefixes[0])
+                if err is not None:
+                    raise err from exc
+                raise
+            finally:
+                lake.close()
+        scan = ProfileScan(self.store, sandbox_id, policy, events=req.event_list, empty_profiles=req.empty_profiles, memberships=want_membership, members_of=members_of, xids=lake.rest() if lake is not None else None)
+        writers = [_BatchWriter(self.objects, self.bucket, prefix, first=first_part) for prefix in prefixes]
         try:
-            for page in pages:
+            for page in scan.pages():
                 ctx.check()
                 keep = self._select(page, req)
                 if not len(keep):
@@ -593,15 +674,15 @@ class ExportService:
         except BaseException as exc:
             for w in writers:
                 w.abort()
-            # Parquet writes go straight to the open object: a full disk arrives as a bare OSError.
-            if isinstance(exc, ObjectStoreError) or is_full(exc):
-                raise TransientJobError("0090000009", f"Error writing profiles to output path '{writers[0].prefix}': {exc}") from exc
+            err = write_error(exc, writers[0].prefix)
+            if err is not None:
+                raise err from exc
             raise
-        finally:
-            if lake is not None:
-                lake.close()
+        writers[0].parts[:0] = chunk_parts
+        writers[0].records += chunk_records
+        writers[0].write_s += chunk_write_s
         t_end = now_ms()
-        write_ms = int(sum(w.write_s for w in writers) * 1000)
+        write_ms = min(int(sum(w.write_s for w in writers) * 1000), t_end - t_scan0)  # chunks write in parallel: at most the export's time
 
         def publish(s: Session) -> None:
             # The publication point: the batches appear (already successful) with the job's SUCCEEDED.
@@ -655,7 +736,8 @@ class ExportService:
             mask &= self._in_segments(page, req.segments, req)
         return np.flatnonzero(mask)
 
-    def _rows(self, scan: ProfileScan, page: ScanPage, req: ExportRequest, want_ids: bool, want_membership: bool) -> pa.Table:
+    @staticmethod
+    def _rows(scan: ProfileScan | None, page: ScanPage, req: ExportRequest, want_ids: bool, want_membership: bool) -> pa.Table:
         t = attributes_table(page)
         extra: dict[str, pa.Array] = {}
         if want_ids:

@@ -580,32 +580,65 @@ class ProfileScan:
 
 
 # -- export over the lake --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LakeSlice:
+    """Rows [r0, r1) of one record part (for now a whole part)."""
+
+    key: str
+    r0: int
+    r1: int
+    ingest_ms: int
+
+
+@dataclass(frozen=True)
+class LakeChunk:
+    """An executor chunk of a lake export: slices of record parts, and the graph snapshot of the
+    rows it exports (`graph`: a Parquet file of (slice, row, xid, members, primary) sorted by
+    slice and row, written by the job)."""
+
+    index: int
+    slices: tuple[LakeSlice, ...]
+    graph: str
+    rows: int  # exported rows
+
+
 class LakeExport:
     """An export's profiles read from the data lake instead of SQL rows (export jobs without events,
-    segments or memberships; identity graph pdg).
+    segments or memberships; identity graph pdg), in chunks an executor runs (local threads or Ray
+    tasks, ``export.export_lake_chunk``).
 
     Every record part of an ingested batch has a sidecar with each row's primary identity
-    (``ingest.pkeys_key``). In one read snapshot the job takes the sandbox's visible record loads,
-    their parts, the number of live fragments of each load and the identity graph (ikey -> XID);
-    then DuckDB (memory-limited, spilling to a temporary folder) joins the parts' rows (positionally
-    with their sidecars) to the graph. A graph with exactly one record fragment (the usual case) is
-    exported from the lake row itself, typed as the batch stored it: its members and primary flags
-    come from the graph. Graphs with several fragments, or one the policy must look at (a dataset
-    outside a dataSetPrecedence order), go to the SQL path (``ProfileScan`` over their XIDs), which
-    merges them. A load that lost fragments since ingestion (a profile deleted with
-    ``DELETE /access/entities``) is joined with its live primary identities. Loads hidden by a
-    delete request are simply not read. ``open`` returns None when the lake cannot serve the export
-    (a part without sidecar, rows kept as JSON text, types that do not unify): the caller then scans
-    SQL as before."""
+    (``ingest.pkeys_key``). The job (``open``) takes, in one read snapshot, the sandbox's visible
+    record loads, their parts, the number of live fragments of each load and the identity graph
+    (ikey -> XID); then a DuckDB of the job (memory-capped, spilling to a temporary folder) joins
+    the sidecars only (one string column, not the records) to the graph to find which rows to export:
+    a graph with exactly one live record fragment (the usual case) is exported from its lake row,
+    typed as the batch stored it, its members and primary flags from the graph. Graphs with several
+    fragments, or one the policy must look at (a dataset outside a dataSetPrecedence order), are
+    left to the SQL path (``rest``: ``ProfileScan`` over their XIDs), which merges them. A load that
+    lost fragments since ingestion (a profile deleted with ``DELETE /access/entities``) keeps only
+    its rows whose primary identity still has fragments. Loads hidden by a delete request are not
+    read. ``chunks`` cuts the parts into chunks of about CHUNK_ROWS rows (whole parts)
+    and writes each chunk's slice of the answer (row -> XID, members,
+    primary flags) to the object store: a chunk reads its part rows and its slice, takes the
+    exported rows by position and needs no database. So the job's memory is the DuckDB cap, a
+    chunk's is its rows, and the chunks run in parallel. ``open`` returns None when the lake cannot
+    serve the export (a part without sidecar, rows kept as JSON text, types that do not unify): the
+    caller then scans SQL as before."""
 
-    BATCH_ROWS = 100_000
-    MEMORY = "1GB"  # DuckDB's cap: it spills to a temporary folder beyond (at 256MB the 1M-profile export spilled and took twice as long)
+    BATCH_ROWS = 50_000  # rows per page a chunk hands to the export (bounds a chunk's memory)
+    CHUNK_ROWS = 100_000  # rows of record parts per chunk
+    MEMORY = "256MB"  # the job's DuckDB cap (identity keys only; it spills to a temporary folder beyond)
+    GRAPH_PAGE = 200_000
 
     def __init__(self, store: ProfileStore, objects, bucket: str, sandbox_id: str, policy: Policy, *, columns: list[str] | None, from_ingest_ms: int | None):
         self.store, self.objects, self.bucket, self.sandbox_id, self.policy = store, objects, bucket, sandbox_id, policy
         self.columns, self.from_ingest_ms = columns, from_ingest_ms
         self.con = None
         self._tmp = None
+        self.attr_cols: list[str] = []
+        self.attr_schema = pa.schema([])
+        self._rest: pa.Array | None = None
 
     @classmethod
     def open(cls, store: ProfileStore, objects, bucket: str, sandbox_id: str, policy: Policy, *, columns: list[str] | None, from_ingest_ms: int | None, check=None) -> "LakeExport | None":
@@ -626,7 +659,7 @@ class LakeExport:
         return None
 
     def _path(self, key: str) -> str:
-        return self.objects.path(self.bucket, key) if self._local else f"s3://{self.objects.path(self.bucket, key)}"
+        return lake_path(self.objects, self.bucket, key)
 
     def _plan(self, check) -> bool:
         import tempfile
@@ -640,7 +673,7 @@ class LakeExport:
             _one_snapshot(s, db)
             rows = self.store._rows(
                 s,
-                "SELECT l.id, l.dataset_id, l.ingest_ms, l.behaviour, l.lake_prefix, d.profile_enabled, b.lake_files FROM aep_store_loads l JOIN aep_datasets d ON d.id = l.dataset_id JOIN aep_batches b ON b.id = l.batch_id WHERE l.sandbox_id = ? AND l.visible",
+                "SELECT l.id, l.dataset_id, l.ingest_ms, l.behaviour, l.lake_prefix, d.profile_enabled, b.lake_files FROM aep_store_loads l JOIN aep_datasets d ON d.id = l.dataset_id JOIN aep_batches b ON b.id = l.batch_id WHERE l.sandbox_id = ? AND l.visible ORDER BY l.id",
                 (self.sandbox_id,),
             )
             loads = []  # (load id, dataset, ingest ms, [(part key, pkeys key, records)])
@@ -660,8 +693,7 @@ class LakeExport:
                 return False  # fragments the lake parts do not hold (e.g. migrated from the a001 layout)
             self._tmp = tempfile.mkdtemp(prefix="ul-export-")
             self.con = con = duckdb.connect(config={"memory_limit": self.MEMORY, "temp_directory": self._tmp, "threads": 2, "preserve_insertion_order": False})
-            self._local = isinstance(self.objects, LocalObjectStore)
-            if not self._local:
+            if not isinstance(self.objects, LocalObjectStore):
                 con.register_filesystem(self.objects.fs)
             # The graph: ids (identity -> graph number) and m (graph number, XID, members) for the
             # graphs within the guardrail, built page by page from the xid index.
@@ -689,37 +721,40 @@ class LakeExport:
                         _insert(con, "live", pa.table({"load": pa.array([lid] * len(batch), pa.int64()), "pkey": pa.array([r[0] for r in batch], pa.string())}))
             partial = {lid for lid, _, _, parts in loads if live.get(lid, 0) != sum(n for _, _, n in parts)}
         direct_ds = None if self.policy.attribute_merge != "dataSetPrecedence" else set(self.policy.order)
-        # frags: the parts' rows, each positionally joined with its sidecar.
-        selects = []
-        for lid, ds, ing, parts in loads:
-            ok = direct_ds is None or ds in direct_ds
-            for key, pk, n in parts:
-                if n:
-                    selects.append(
-                        f"SELECT * FROM (SELECT * FROM read_parquet({_sql_str(self._path(key))})) POSITIONAL JOIN (SELECT pkey AS __pkey, {lid}::BIGINT AS __load, {ing}::BIGINT AS __ing, {str(ok).upper()} AS __direct FROM read_parquet({_sql_str(self._path(pk))}))"
-                    )
-        if not selects:
-            selects = ["SELECT NULL::VARCHAR AS __pkey, NULL::BIGINT AS __load, NULL::BIGINT AS __ing, NULL::BOOLEAN AS __direct WHERE false"]
-        con.execute("CREATE VIEW frags AS " + " UNION ALL BY NAME ".join(selects))
-        try:
-            cols = [r[0] for r in con.execute("DESCRIBE SELECT * FROM frags").fetchall()]
+        # pt: the record parts (number, load, ingestion time, whether the policy takes the row as is).
+        pt = [(key, pk, n, lid, ing, direct_ds is None or ds in direct_ds) for lid, ds, ing, parts in loads for key, pk, n in parts if n]
+        self._parts = pt
+        if not pt:  # no record part: nothing for the lake (nor for SQL: profiles need a record)
+            self._rest = pa.array([], pa.string())
+            return True
+        _insert(con, "pt", pa.table({
+            "pix": pa.array(range(len(pt)), pa.int64()), "path": pa.array([self._path(p[1]) for p in pt], pa.string()), "load": pa.array([p[3] for p in pt], pa.int64()),
+            "ing": pa.array([p[4] for p in pt], pa.int64()), "direct": pa.array([p[5] for p in pt], pa.bool_())}), create=True)
+        try:  # the parts' columns, of the types DuckDB unifies them to (read as one table)
+            schema = con.sql(f"SELECT * FROM read_parquet({_sql_list([self._path(p[0]) for p in pt])}, union_by_name = true) LIMIT 0").to_arrow_table().schema
         except duckdb.Error:  # types that do not unify across parts
             return False
+        cols = schema.names
         if "xdm_json" in cols:
             return False  # rows kept as JSON text (fields that change type): the SQL path parses them
         skip = {"identityMap", "_id", "identities", "segmentMembership"}
-        want = [c for c in cols if not c.startswith("__") and c not in skip and (self.columns is None or c in self.columns)]
-        self.attr_cols = want
-        live_join = f"WHERE f.__load NOT IN ({', '.join(str(x) for x in sorted(partial))}) OR EXISTS (SELECT 1 FROM live v WHERE v.load = f.__load AND v.pkey = f.__pkey)" if partial else ""
-        # fx: the live fragments with their graph; n: fragments per graph; m: the members of graphs
-        # within the guardrail.
-        con.execute(f"CREATE TABLE fx AS SELECT {', '.join('f.' + _q(c) for c in want + ['__pkey', '__ing', '__direct'])}, i.gix AS __gix FROM frags f JOIN ids i ON i.ikey = f.__pkey {live_join}")
+        self.attr_cols = [c for c in cols if not c.startswith("__") and c not in skip and (self.columns is None or c in self.columns)]
+        self.attr_schema = pa.schema([schema.field(c) for c in self.attr_cols])
+        # fx: the live rows of the parts (from the sidecars: part, row, primary identity) with their
+        # graph; g: live fragments per graph; rest: the graphs SQL merges.
+        live_join = f"AND (t.load NOT IN ({', '.join(str(x) for x in sorted(partial))}) OR EXISTS (SELECT 1 FROM live v WHERE v.load = t.load AND v.pkey = f.pkey))" if partial else ""
+        sidecars = f"read_parquet({_sql_list([self._path(p[1]) for p in pt])}, filename = true, file_row_number = true)"
+        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.gix FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
         check()
-        con.execute("CREATE TABLE g AS SELECT __gix, COUNT(*) AS n, bool_and(__direct) AS direct FROM fx GROUP BY __gix")
-        con.execute("CREATE TABLE rest AS SELECT m.xid FROM g JOIN m ON m.gix = g.__gix WHERE g.n > 1 OR NOT g.direct")
+        con.execute("CREATE TABLE g AS SELECT gix, COUNT(*) AS n, bool_and(direct) AS direct FROM fx GROUP BY gix")
+        self._rest = con.sql("SELECT m.xid FROM g JOIN m ON m.gix = g.gix WHERE g.n > 1 OR NOT g.direct ORDER BY m.xid").to_arrow_table().column("xid").combine_chunks()
+        where = f" AND fx.ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
+        con.execute(
+            "CREATE TABLE snap AS SELECT fx.pix, fx.row, m.xid, m.members, list_transform(m.members, lambda x: x = fx.pkey) AS \"primary\""
+            f" FROM fx JOIN g ON g.gix = fx.gix JOIN m ON m.gix = fx.gix WHERE g.n = 1 AND g.direct{where}"
+        )
+        con.execute("DROP TABLE fx; DROP TABLE ids; DROP TABLE g; DROP TABLE live")
         return True
-
-    GRAPH_PAGE = 200_000
 
     def _graph_pages(self, s) -> Iterator[tuple[pa.Array, pa.Array]]:
         """(xid, ikey) of the sandbox's identities in (xid, ikey) order, in pages that never split a
@@ -753,48 +788,50 @@ class LakeExport:
                 return
             after = last
 
-    def pages(self, check=None) -> Iterator[ScanPage]:
-        """The single-fragment profiles, in pages of BATCH_ROWS (DuckDB prepares the next page
-        while the caller writes this one)."""
-        for page in prefetched(self._pages, "lake-export"):
+    def chunks(self, prefix: str, check=None) -> list[LakeChunk]:
+        """Cuts the parts into chunks and writes each chunk's graph snapshot under `prefix` (the
+        attempt's staging folder); then closes the job's DuckDB (its memory given back before the
+        chunks run). Chunks without a row to export are left out."""
+        con, pt = self.con, self._parts
+        if con is None or not pt:
+            self.close()
+            return []
+        # Whole parts: ingestion writes parts of at most its chunk_rows rows, one row group each.
+        slices = [(i, LakeSlice(key, 0, n, ing)) for i, (key, _, n, _, ing, _) in enumerate(pt)]
+        plan: list[list[int]] = []  # slice numbers per chunk (consecutive)
+        acc = self.CHUNK_ROWS
+        for k, (_, sl) in enumerate(slices):
+            if acc + (sl.r1 - sl.r0) > self.CHUNK_ROWS and acc:
+                plan.append([])
+                acc = 0
+            plan[-1].append(k)
+            acc += sl.r1 - sl.r0
+        # cr: per slice, its chunk, its number within the chunk and its part's row range
+        ranges = [(c, j, slices[k][0], slices[k][1].r0, slices[k][1].r1) for c, ks in enumerate(plan) for j, k in enumerate(ks)]
+        _insert(con, "cr", pa.table({n: pa.array([r[j] for r in ranges], pa.int64()) for j, n in enumerate(("chunk", "sl", "pix", "r0", "r1"))}), create=True)
+        con.execute('CREATE TABLE sc AS SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.xid, s.members, s."primary" FROM snap s JOIN cr ON cr.pix = s.pix AND s.row >= cr.r0 AND s.row < cr.r1')
+        con.execute("DROP TABLE snap")
+        counts = dict(con.execute("SELECT chunk, COUNT(*) FROM sc GROUP BY chunk").fetchall())
+        out: list[LakeChunk] = []
+        for c, ks in enumerate(plan):
             if check is not None:
                 check()
-            yield page
-
-    def _pages(self, stop: threading.Event) -> Iterator[ScanPage]:
-        where = f" AND fx.__ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
-        cols = ", ".join(f"fx.{_q(c)}" for c in self.attr_cols)
-        q = (
-            f"SELECT m.xid AS __xid, m.members AS __members, list_transform(m.members, lambda x: x = fx.__pkey) AS __primary, fx.__ing{', ' + cols if cols else ''}"
-            f" FROM fx JOIN g ON g.__gix = fx.__gix JOIN m ON m.gix = fx.__gix WHERE g.n = 1 AND g.direct{where}"
-        )
-        reader = self.con.sql(q).to_arrow_reader(self.BATCH_ROWS)
-        for rb in reader:
-            if stop.is_set():
-                return
-            n = rb.num_rows
-            if not n:
+            if not counts.get(c):
                 continue
-            t = pa.Table.from_batches([rb])
-            attrs = t.select(self.attr_cols) if self.attr_cols else _no_columns(n)
-            members = _plain_list(t.column("__members"))
-            primary = pa.ListArray.from_arrays(members.offsets, _plain_list(t.column("__primary")).values)
-            yield ScanPage(t.column("__xid").combine_chunks().cast(pa.string()), None, members, primary, np.ones(n, bool), t.column("__ing").to_numpy(), table=attrs)
+            t = con.sql(f'SELECT sl, row, xid, members, "primary" FROM sc WHERE chunk = {int(c)} ORDER BY sl, row').to_arrow_table()
+            key = f"{prefix}/graph-{c:05d}.parquet"
+            with self.objects.open_write(self.bucket, key) as f:
+                pq.write_table(t, f, compression="zstd", compression_level=1)
+            out.append(LakeChunk(len(out), tuple(slices[k][1] for k in ks), key, int(counts[c])))
+            del t
+        self.close()
+        return out
 
     def rest(self, per_page: int = 50_000) -> Iterator[list[str]]:
-        """The XIDs left to the SQL path, in pages (read from this thread or the scan's)."""
-        cur = self.con.cursor()
-        try:
-            after = ""
-            while True:
-                xids = [r[0] for r in cur.execute("SELECT xid FROM rest WHERE xid > ? ORDER BY xid LIMIT ?", (after, per_page)).fetchall()]
-                if xids:
-                    yield xids
-                if len(xids) < per_page:
-                    return
-                after = xids[-1]
-        finally:
-            cur.close()
+        """The XIDs left to the SQL path, in pages."""
+        xids = self._rest if self._rest is not None else pa.array([], pa.string())
+        for i in range(0, len(xids), per_page):
+            yield xids.slice(i, per_page).to_pylist()
 
     def close(self) -> None:
         import shutil
@@ -807,17 +844,75 @@ class LakeExport:
             self._tmp = None
 
 
+def lake_path(objects, bucket: str, key: str) -> str:
+    """A lake object's path as DuckDB reads it (an S3 store's filesystem is registered as s3://)."""
+    return objects.path(bucket, key) if isinstance(objects, LocalObjectStore) else f"s3://{objects.path(bucket, key)}"
+
+
+def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, batch_rows: int = LakeExport.BATCH_ROWS) -> Iterator[ScanPage]:
+    """The profiles of one lake export chunk (an executor chunk: no database): each slice's part
+    rows the chunk's graph snapshot names, taken by position, in pages of at most `batch_rows`.
+    Columns are those of `schema` (the parts read as one table: a column a part lacks is null)."""
+    with objects.open_read(bucket, chunk.graph) as f:
+        graph = pq.read_table(f)
+    sl_col = graph.column("sl").to_numpy()
+    rows = graph.column("row").to_numpy()
+    bounds = np.searchsorted(sl_col, np.arange(len(chunk.slices) + 1))
+    for j, sl in enumerate(chunk.slices):
+        a, b = int(bounds[j]), int(bounds[j + 1])
+        if a == b:
+            continue
+        with objects.open_read(bucket, sl.key) as f:
+            pf = pq.ParquetFile(f)
+            names = set(pf.schema_arrow.names)
+            cols = [c for c in schema.names if c in names]
+            part = pf.read(columns=cols).slice(sl.r0, sl.r1 - sl.r0) if cols else None
+        for i in range(a, b, batch_rows):
+            k = min(b, i + batch_rows)
+            n = k - i
+            attrs = _conform(part.take(pa.array(rows[i:k], pa.int64())) if part is not None else _no_columns(n), schema)
+            # a copy of the page's graph rows: arrays that start at offset 0 (ScanPage's consumers
+            # pair list offsets with flattened values)
+            g = graph.take(pa.array(np.arange(i, k), pa.int64())).combine_chunks()
+            members = _plain_list(g.column("members"))
+            primary = pa.ListArray.from_arrays(members.offsets, _plain_list(g.column("primary")).values)
+            yield ScanPage(g.column("xid").combine_chunks().cast(pa.string()), None, members, primary, np.ones(n, bool), np.full(n, sl.ingest_ms, np.int64), table=attrs)
+        del part
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`t` with the columns of `schema`, in its order and types where Arrow can cast (as DuckDB
+    reads parts of different schemas as one table): a column `t` lacks is null."""
+    cols = []
+    for f in schema:
+        if f.name not in t.column_names:
+            cols.append(pa.nulls(t.num_rows, f.type))
+            continue
+        c = t.column(f.name)
+        if not c.type.equals(f.type):
+            try:
+                c = c.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                pass
+        cols.append(c)
+    return pa.Table.from_arrays(cols, names=schema.names) if cols else _no_columns(t.num_rows)
+
+
 def _no_columns(n: int) -> pa.Table:
     """A table of n rows and no column (Arrow keeps the row count of a table whose columns were dropped)."""
     return pa.table({"__n": pa.nulls(n)}).drop(["__n"])
 
 
-def _insert(con, table: str, rows: pa.Table) -> None:
+def _insert(con, table: str, rows: pa.Table, create: bool = False) -> None:
     con.register("__rows", rows)
     try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM __rows")
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM __rows" if create else f"INSERT INTO {table} SELECT * FROM __rows")
     finally:
         con.unregister("__rows")
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join(_sql_str(x) for x in items) + "]"
 
 
 def _sql_str(s: str) -> str:
