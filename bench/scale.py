@@ -17,8 +17,10 @@ path with a free core per process) for the speed-up.
 
 Jobs are registered in JOBS: a function `(env, dataset_path, name) -> dict` that submits one job
 through the services, runs it with `run_to_completion(env)` (wall and CPU times) and returns those
-times with `units` (what the throughput counts). The export helper adds
-"export" there (`--job export`).
+times with `units` (what the throughput counts): "feature" (NCLUE Feature), "aep_ingest" (AEP batch
+ingestion) and "export" (an AEP profile export job of every profile, the 3-field projection of
+bench/export.py's variant (a), read from the lake in executor chunks; the profiles are ingested once
+per size, untimed, into an org of their own).
 """
 
 from __future__ import annotations
@@ -132,10 +134,112 @@ def aep_ingest_job(env: Embedded, path: Path, name: str) -> dict:
     return {**timing, "units": b["recordCount"], "users": users}
 
 
+def shopping_intent_job(env: Embedded, path: Path, name: str) -> dict:
+    """Shopping Intent: one profile over a reference panel made of the dataset's users (imported
+    once per dataset with synthetic attributes, not timed), of a Task trained once on the warm-up
+    dataset (throughput in panel users; one chunk per panel part of `feature_chunk_rows` users)."""
+    import zlib
+
+    from sqlalchemy import update
+
+    from userlens.understanding.models import ShoppingIntent
+
+    store, cache = env.svc.store, env.__dict__.setdefault("si_cache", {})
+    if "task" not in cache:
+        warm = cached_dataset(CACHE, WARMUP_USERS)
+        key = f"sequences/{warm.name}"
+        if not store.exists("bench", key):
+            env.put_file("bench", key, warm)
+        fid = env.client.post("/api/v1/features", {"name": f"{name}-si-feature", "source_bucket": "bench", "source_file_path": key})["feature_id"]
+        run_to_completion(env)
+        ids = [line.split("\t", 1)[0] for line in warm.read_text(encoding="utf-8").splitlines() if line]
+        env.put_text("bench", "answers/si.csv", "".join(f"{u}\t{zlib.crc32(u.encode()) % 2}\n" for u in ids))
+        tid = env.client.post("/api/v1/tasks", {"name": f"{name}-si-task", "train_feature_id": fid, "train_bucket": "bench", "train_file_path": "answers/si.csv"})["task_id"]
+        run_to_completion(env)
+        if env.client.get(f"/api/v1/tasks/{tid}")["status"] != "completed":
+            raise SystemExit("the Shopping Intent bench's Task failed")
+        cache["task"] = tid
+    if path not in cache:
+        key = f"sequences/{path.name}"
+        if not store.exists("bench", key):
+            env.put_file("bench", key, path)
+        interests = [f"Cat{i:02d}" for i in range(30)]
+        rows = ["user_id\tgender\tage_group\tinterests"]
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                u = line.split("\t", 1)[0]
+                h = zlib.crc32(u.encode())
+                rows.append(f"{u}\t{'FM'[h % 2]}\t{10 * (1 + h // 2 % 6)}s\t{'|'.join(interests[((h >> 8) + j) % 30] for j in range(h // 12 % 3))}")
+        env.put_text("bench", f"panels/{path.stem}.tsv", "\n".join(rows) + "\n")
+        deps = env.svc.panels.deps
+        configured = deps.chunk_rows
+        if len(rows) - 1 <= WARMUP_USERS:
+            deps.chunk_rows = WARMUP_USERS // 4  # the warm-up panel in 4 parts: it warms every Ray worker
+        try:
+            cache[path] = env.svc.panels.import_panel(f"bench-{path.stem}", "bench", key, f"panels/{path.stem}.tsv")
+        finally:
+            deps.chunk_rows = configured
+    panel = cache[path]
+    pid = env.client.post("/api/v1/profile/shopping-intents", {"name": name, "task_id": cache["task"]})["profile_id"]
+    with env.svc.db.session() as s:  # a profile takes its model's newest panel: this dataset's, here
+        s.execute(update(ShoppingIntent).where(ShoppingIntent.id == pid).values(panel_id=panel.id, panel_name=panel.name))
+    timing = run_to_completion(env)
+    got = env.client.get(f"/api/v1/profile/shopping-intents/{pid}")
+    if got["status"] != "completed":
+        raise SystemExit(f"shopping intent failed: {got['fail_message']} {got.get('fail_detail')}")
+    return {**timing, "units": got["line_count"], "users": got["line_count"]}
+
+
+def export_job(env: Embedded, path: Path, name: str) -> dict:
+    """A profile export job of all the profiles of an org filled once with as many profile records
+    as the dataset has users (ingested as Parquet, untimed), fields as bench/export.py's (a)."""
+    from export import FIELDS, generate  # bench/export.py
+
+    users = int(path.name.split("-")[1])
+    orgs = env.__dict__.setdefault("export_orgs", {})
+    if users not in orgs:
+        folder = CACHE / f"aep-export-{users}"
+        if not (folder / "records.parquet").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            generate(folder, users, 0)
+        creds = env.svc.orgs.create_org(f"export-{users}")
+        tok = env.client.http.post("/ims/token/v3", data={"client_id": creds.client_id, "client_secret": creds.client_secret}).json()["access_token"]
+        H = {"Authorization": f"Bearer {tok}", "x-api-key": creds.client_id, "x-gw-ims-org-id": creds.org_id, "x-sandbox-name": "prod"}
+        J = {**H, "Content-Type": "application/json"}
+        http = env.client.http
+
+        def post(route: str, body) -> dict | list:
+            r = http.post(route, content=json.dumps(body), headers=J)
+            assert r.status_code in (200, 201), r.text
+            return r.json()
+
+        mp = post("/data/core/ups/config/mergePolicies", {"name": "pdg", "schema": {"name": "_xdm.context.profile"}, "identityGraph": {"type": "pdg"}, "attributeMerge": {"type": "timestampOrdered"}, "default": True})["id"]
+        ds = post("/data/foundation/catalog/dataSets", {"name": "records", "schemaRef": {"id": "https://ns.adobe.com/xdm/context/profile"}, "tags": {"unifiedProfile": ["enabled:true"]}})[0].split("/")[-1]
+        bid = post("/data/foundation/import/batches", {"datasetId": ds, "inputFormat": {"format": "parquet"}})["id"]
+        r = http.put(f"/data/foundation/import/batches/{bid}/datasets/{ds}/files/records.parquet", content=(folder / "records.parquet").read_bytes(), headers={**H, "Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, r.text
+        http.post(f"/data/foundation/import/batches/{bid}?action=COMPLETE", headers=H)
+        run_to_completion(env)  # the ingestion: not timed
+        assert http.get(f"/data/foundation/catalog/batches/{bid}", headers=H).json()[bid]["status"] == "success"
+        target = post("/data/foundation/catalog/dataSets", {"name": "export", "schemaRef": {"id": "https://ns.adobe.com/xdm/context/profile__union"}})[0].split("/")[-1]
+        orgs[users] = (H, J, mp, target)
+    H, J, mp, target = orgs[users]
+    r = env.client.http.post("/data/core/ups/export/jobs", content=json.dumps({"fields": FIELDS, "mergePolicy": {"id": mp}, "destination": {"datasetId": target}, "schema": {"name": "_xdm.context.profile"}}), headers=J)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    timing = run_to_completion(env)
+    done = env.client.http.get(f"/data/core/ups/export/jobs/{job['id']}", headers=H).json()
+    if done["status"] != "SUCCEEDED":
+        raise SystemExit(f"export failed: {done.get('errors')}")
+    return {**timing, "units": done["metrics"]["totalExportedProfileCounter"], "users": users}
+
+
 # job name -> (run one job of the dataset, the unit its throughput counts)
 JOBS: dict[str, tuple[Callable[[Embedded, Path, str], dict], str]] = {
     "feature": (feature_job, "tokens"),
     "aep_ingest": (aep_ingest_job, "records"),
+    "shopping_intent": (shopping_intent_job, "panel users"),
+    "export": (export_job, "profiles"),
 }
 
 
