@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import queue
 import threading
 from dataclasses import dataclass
@@ -582,7 +584,7 @@ class ProfileScan:
 # -- export over the lake --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LakeSlice:
-    """Rows [r0, r1) of one record part (for now a whole part)."""
+    """Rows [r0, r1) of one record part."""
 
     key: str
     r0: int
@@ -593,13 +595,12 @@ class LakeSlice:
 @dataclass(frozen=True)
 class LakeChunk:
     """An executor chunk of a lake export: slices of record parts, and the graph snapshot of the
-    rows it exports (`graph`: a Parquet file of (slice, row, xid, members, primary) sorted by
-    slice and row, written by the job)."""
+    rows it exports (`graph`: Parquet files of (slice number, row in the slice, xid, members,
+    primary identity), written by the job, in no order)."""
 
     index: int
     slices: tuple[LakeSlice, ...]
-    graph: str
-    rows: int  # exported rows
+    graph: tuple[str, ...]  # its graph snapshot's file(s)
 
 
 class LakeExport:
@@ -618,8 +619,7 @@ class LakeExport:
     left to the SQL path (``rest``: ``ProfileScan`` over their XIDs), which merges them. A load that
     lost fragments since ingestion (a profile deleted with ``DELETE /access/entities``) keeps only
     its rows whose primary identity still has fragments. Loads hidden by a delete request are not
-    read. ``chunks`` cuts the parts into chunks of about CHUNK_ROWS rows (whole parts)
-    and writes each chunk's slice of the answer (row -> XID, members,
+    read. ``chunks`` cuts the parts into chunks of CHUNK_ROWS rows and writes each chunk's slice of the answer (row -> XID, members,
     primary flags) to the object store: a chunk reads its part rows and its slice, takes the
     exported rows by position and needs no database. So the job's memory is the DuckDB cap, a
     chunk's is its rows, and the chunks run in parallel. ``open`` returns None when the lake cannot
@@ -627,7 +627,7 @@ class LakeExport:
     caller then scans SQL as before."""
 
     BATCH_ROWS = 50_000  # rows per page a chunk hands to the export (bounds a chunk's memory)
-    CHUNK_ROWS = 100_000  # rows of record parts per chunk
+    CHUNK_ROWS = 50_000  # rows of record parts per chunk (20 chunks for a million profiles)
     MEMORY = "256MB"  # the job's DuckDB cap (identity keys only; it spills to a temporary folder beyond)
     GRAPH_PAGE = 200_000
 
@@ -695,24 +695,11 @@ class LakeExport:
             self.con = con = duckdb.connect(config={"memory_limit": self.MEMORY, "temp_directory": self._tmp, "threads": 2, "preserve_insertion_order": False})
             if not isinstance(self.objects, LocalObjectStore):
                 con.register_filesystem(self.objects.fs)
-            # The graph: ids (identity -> graph number) and m (graph number, XID, members) for the
-            # graphs within the guardrail, built page by page from the xid index.
-            con.execute("CREATE TABLE ids (ikey VARCHAR, gix BIGINT)")
-            con.execute("CREATE TABLE m (gix BIGINT, xid VARCHAR, members VARCHAR[])")
-            gix = 0
+            # The graph: ids (XID, identity), as the xid index gives it; DuckDB groups it below.
+            con.execute("CREATE TABLE ids (xid VARCHAR, ikey VARCHAR)")
             for xid, ikey in self._graph_pages(s):
                 check()
-                n = len(xid)
-                start = np.ones(n, bool)
-                start[1:] = pc.not_equal(xid.slice(1), xid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-                starts = np.flatnonzero(start)
-                g_of = np.cumsum(start) - 1 + gix
-                _insert(con, "ids", pa.table({"ikey": ikey, "gix": pa.array(g_of)}))
-                sizes = np.diff(np.append(starts, n))
-                ok = np.flatnonzero(sizes <= MAX_GRAPH_IDENTITIES)
-                members = pa.ListArray.from_arrays(pa.array(np.append(starts, n).astype(np.int32)), ikey).take(pa.array(ok))
-                _insert(con, "m", pa.table({"gix": pa.array(ok + gix), "xid": xid.take(pa.array(starts[ok])), "members": members}))
-                gix += len(starts)
+                _insert(con, "ids", pa.table({"xid": xid, "ikey": ikey}))
             # Loads that lost fragments after ingestion (a deleted profile): their live primary identities.
             con.execute("CREATE TABLE live (load BIGINT, pkey VARCHAR)")
             for lid, _, _, parts in loads:
@@ -744,16 +731,21 @@ class LakeExport:
         # graph; g: live fragments per graph; rest: the graphs SQL merges.
         live_join = f"AND (t.load NOT IN ({', '.join(str(x) for x in sorted(partial))}) OR EXISTS (SELECT 1 FROM live v WHERE v.load = t.load AND v.pkey = f.pkey))" if partial else ""
         sidecars = f"read_parquet({_sql_list([self._path(p[1]) for p in pt])}, filename = true, file_row_number = true)"
-        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.gix FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
+        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.xid FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
         check()
-        con.execute("CREATE TABLE g AS SELECT gix, COUNT(*) AS n, bool_and(direct) AS direct FROM fx GROUP BY gix")
-        self._rest = con.sql("SELECT m.xid FROM g JOIN m ON m.gix = g.gix WHERE g.n > 1 OR NOT g.direct ORDER BY m.xid").to_arrow_table().column("xid").combine_chunks()
-        where = f" AND fx.ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
+        # g: per graph with a record, its live fragments and whether the policy takes the row as is;
+        # graphs over the guardrail are left out (as by the SQL scan).
         con.execute(
-            "CREATE TABLE snap AS SELECT fx.pix, fx.row, m.xid, m.members, list_transform(m.members, lambda x: x = fx.pkey) AS \"primary\""
-            f" FROM fx JOIN g ON g.gix = fx.gix JOIN m ON m.gix = fx.gix WHERE g.n = 1 AND g.direct{where}"
+            f"CREATE TABLE g AS SELECT fx.xid, COUNT(*) AS n, bool_and(fx.direct) AS direct FROM fx WHERE fx.xid IN (SELECT xid FROM ids GROUP BY xid HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES}) GROUP BY fx.xid"
         )
-        con.execute("DROP TABLE fx; DROP TABLE ids; DROP TABLE g; DROP TABLE live")
+        self._rest = con.sql("SELECT xid FROM g WHERE n > 1 OR NOT direct ORDER BY xid").to_arrow_table().column("xid").combine_chunks()
+        where = f" AND fx.ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
+        # snap (a view: `chunks` runs it once): the exported rows, each with its graph's XID and members.
+        con.execute(
+            "CREATE VIEW snap AS SELECT fx.pix, fx.row, fx.pkey, m.xid, m.members FROM fx JOIN"
+            " (SELECT i.xid, list(i.ikey ORDER BY i.ikey) AS members FROM ids i SEMI JOIN g ON g.xid = i.xid AND g.n = 1 AND g.direct GROUP BY i.xid) m"
+            f" ON m.xid = fx.xid WHERE true{where}"
+        )
         return True
 
     def _graph_pages(self, s) -> Iterator[tuple[pa.Array, pa.Array]]:
@@ -796,34 +788,43 @@ class LakeExport:
         if con is None or not pt:
             self.close()
             return []
-        # Whole parts: ingestion writes parts of at most its chunk_rows rows, one row group each.
-        slices = [(i, LakeSlice(key, 0, n, ing)) for i, (key, _, n, _, ing, _) in enumerate(pt)]
-        plan: list[list[int]] = []  # slice numbers per chunk (consecutive)
-        acc = self.CHUNK_ROWS
-        for k, (_, sl) in enumerate(slices):
-            if acc + (sl.r1 - sl.r0) > self.CHUNK_ROWS and acc:
-                plan.append([])
-                acc = 0
-            plan[-1].append(k)
-            acc += sl.r1 - sl.r0
+        # Consecutive row ranges of the parts, CHUNK_ROWS rows a chunk (a part may span chunks).
+        plan: list[list[tuple[int, LakeSlice]]] = [[]]
+        room = self.CHUNK_ROWS
+        for i, (key, _, n, _, ing, _) in enumerate(pt):
+            r0 = 0
+            while r0 < n:
+                if room == 0:
+                    plan.append([])
+                    room = self.CHUNK_ROWS
+                r1 = min(n, r0 + room)
+                plan[-1].append((i, LakeSlice(key, r0, r1, ing)))
+                room -= r1 - r0
+                r0 = r1
         # cr: per slice, its chunk, its number within the chunk and its part's row range
-        ranges = [(c, j, slices[k][0], slices[k][1].r0, slices[k][1].r1) for c, ks in enumerate(plan) for j, k in enumerate(ks)]
+        ranges = [(c, j, pix, sl.r0, sl.r1) for c, sls in enumerate(plan) for j, (pix, sl) in enumerate(sls)]
         _insert(con, "cr", pa.table({n: pa.array([r[j] for r in ranges], pa.int64()) for j, n in enumerate(("chunk", "sl", "pix", "r0", "r1"))}), create=True)
-        con.execute('CREATE TABLE sc AS SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.xid, s.members, s."primary" FROM snap s JOIN cr ON cr.pix = s.pix AND s.row >= cr.r0 AND s.row < cr.r1')
-        con.execute("DROP TABLE snap")
-        counts = dict(con.execute("SELECT chunk, COUNT(*) FROM sc GROUP BY chunk").fetchall())
+        # One pass writes every chunk's rows to a local folder per chunk (DuckDB, in parallel); they
+        # are then copied to the store.
+        out_dir = f"{self._tmp}/chunks"
+        con.execute(
+            "COPY (SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.xid, s.members, s.pkey FROM snap s JOIN cr ON cr.pix = s.pix AND s.row >= cr.r0 AND s.row < cr.r1)"
+            f" TO {_sql_str(out_dir)} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd)"
+        )
         out: list[LakeChunk] = []
-        for c, ks in enumerate(plan):
+        for c, sls in enumerate(plan):
             if check is not None:
                 check()
-            if not counts.get(c):
-                continue
-            t = con.sql(f'SELECT sl, row, xid, members, "primary" FROM sc WHERE chunk = {int(c)} ORDER BY sl, row').to_arrow_table()
-            key = f"{prefix}/graph-{c:05d}.parquet"
-            with self.objects.open_write(self.bucket, key) as f:
-                pq.write_table(t, f, compression="zstd", compression_level=1)
-            out.append(LakeChunk(len(out), tuple(slices[k][1] for k in ks), key, int(counts[c])))
-            del t
+            folder = f"{out_dir}/chunk={c}"
+            files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            if not files:
+                continue  # no row of this chunk is exported
+            keys = []
+            for j, name in enumerate(files):
+                keys.append(f"{prefix}/graph-{c:05d}-{j:03d}.parquet")
+                with open(f"{folder}/{name}", "rb") as src, self.objects.open_write(self.bucket, keys[-1]) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            out.append(LakeChunk(len(out), tuple(sl for _, sl in sls), tuple(keys)))
         self.close()
         return out
 
@@ -834,8 +835,6 @@ class LakeExport:
             yield xids.slice(i, per_page).to_pylist()
 
     def close(self) -> None:
-        import shutil
-
         if self.con is not None:
             self.con.close()
             self.con = None
@@ -853,8 +852,14 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
     """The profiles of one lake export chunk (an executor chunk: no database): each slice's part
     rows the chunk's graph snapshot names, taken by position, in pages of at most `batch_rows`.
     Columns are those of `schema` (the parts read as one table: a column a part lacks is null)."""
-    with objects.open_read(bucket, chunk.graph) as f:
-        graph = pq.read_table(f)
+    tables = []
+    for key in chunk.graph:
+        with objects.open_read(bucket, key) as f:
+            tables.append(pq.read_table(f))
+    graph = pa.concat_tables(tables)
+    del tables
+    order = np.lexsort((graph.column("row").to_numpy(), graph.column("sl").to_numpy()))
+    graph = graph.take(pa.array(order, pa.int64()))
     sl_col = graph.column("sl").to_numpy()
     rows = graph.column("row").to_numpy()
     bounds = np.searchsorted(sl_col, np.arange(len(chunk.slices) + 1))
@@ -866,7 +871,7 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
             pf = pq.ParquetFile(f)
             names = set(pf.schema_arrow.names)
             cols = [c for c in schema.names if c in names]
-            part = pf.read(columns=cols).slice(sl.r0, sl.r1 - sl.r0) if cols else None
+            part = pf.read(columns=cols).slice(sl.r0, sl.r1 - sl.r0) if cols else None  # ingestion writes a part as one row group
         for i in range(a, b, batch_rows):
             k = min(b, i + batch_rows)
             n = k - i
@@ -875,7 +880,10 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
             # pair list offsets with flattened values)
             g = graph.take(pa.array(np.arange(i, k), pa.int64())).combine_chunks()
             members = _plain_list(g.column("members"))
-            primary = pa.ListArray.from_arrays(members.offsets, _plain_list(g.column("primary")).values)
+            # primary: each member is the row's primary identity (the record's fragment key)
+            lens = np.diff(members.offsets.to_numpy())
+            pkeys = g.column("pkey").combine_chunks().take(pa.array(np.repeat(np.arange(n), lens), pa.int64()))
+            primary = pa.ListArray.from_arrays(members.offsets, pc.equal(pc.list_flatten(members), pkeys))
             yield ScanPage(g.column("xid").combine_chunks().cast(pa.string()), None, members, primary, np.ones(n, bool), np.full(n, sl.ingest_ms, np.int64), table=attrs)
         del part
 
