@@ -16,8 +16,9 @@ the same rows and columns to a Parquet file (zstd). It is the lower bound: no me
 identity graph, no store. Reports profiles/s, seconds, the ratio to the baseline and the export's
 peak memory (VmHWM reset before each export; also shown as the growth over the RSS the process had
 when the export started, which is what the export itself costs). `--sizes` adds smaller stores to show memory does not
-grow with the store ((a) reads the records from the lake through a DuckDB capped at 1 GB that spills
-beyond; the SQL scan of the other variants reads pages of 100,000 identities).
+grow with the store ((a) reads the records from the lake in executor chunks of 50,000 rows, the job's
+DuckDB, capped at 256 MB, joining only the parts' primary identities to the graph; the SQL scan of the
+other variants reads pages of 100,000 identities).
 """
 
 from __future__ import annotations
