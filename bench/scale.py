@@ -227,7 +227,15 @@ def export_job(env: Embedded, path: Path, name: str) -> dict:
     r = env.client.http.post("/data/core/ups/export/jobs", content=json.dumps({"fields": FIELDS, "mergePolicy": {"id": mp}, "destination": {"datasetId": target}, "schema": {"name": "_xdm.context.profile"}}), headers=J)
     assert r.status_code == 200, r.text
     job = r.json()
-    timing = run_to_completion(env)
+    from userlens.profiles.scan import LakeExport
+
+    configured = LakeExport.CHUNK_ROWS
+    if users <= WARMUP_USERS:
+        LakeExport.CHUNK_ROWS = max(1, users // 4)  # the warm-up export in 4 chunks: it warms every Ray worker
+    try:
+        timing = run_to_completion(env)
+    finally:
+        LakeExport.CHUNK_ROWS = configured
     done = env.client.http.get(f"/data/core/ups/export/jobs/{job['id']}", headers=H).json()
     if done["status"] != "SUCCEEDED":
         raise SystemExit(f"export failed: {done.get('errors')}")
