@@ -153,7 +153,7 @@ class CatalogService:
             return ds
 
     def get_dataset(self, t: Tenant, dataset_id: str) -> Dataset:
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             ds = s.execute(select(Dataset).where(Dataset.id == dataset_id, Dataset.sandbox_id == t.sandbox_id)).scalar_one_or_none()
             if ds is None:
                 raise NotFound("DataSet not found.")
@@ -161,7 +161,7 @@ class CatalogService:
 
     def list_datasets(self, t: Tenant, params: dict) -> list[Dataset]:
         start, limit, order, _ = parse_listing(params)
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             q = select(Dataset).where(Dataset.sandbox_id == t.sandbox_id)
             if params.get("name"):
                 q = q.where(Dataset.name == params["name"])
@@ -183,7 +183,7 @@ class CatalogService:
 
     # -- batches -------------------------------------------------------------------------------
     def get_batch(self, t: Tenant, batch_id: str) -> Batch:
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             b = s.execute(select(Batch).where(Batch.id == batch_id, Batch.sandbox_id == t.sandbox_id)).scalar_one_or_none()
             if b is None:
                 raise NotFound("Batch not found.")
@@ -191,7 +191,7 @@ class CatalogService:
 
     def list_batches(self, t: Tenant, params: dict) -> list[Batch]:
         start, limit, order, _ = parse_listing(params)
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             q = select(Batch).where(Batch.sandbox_id == t.sandbox_id)
             if params.get("dataSet"):
                 q = q.where(Batch.dataset_id == params["dataSet"])
@@ -207,5 +207,5 @@ class CatalogService:
             return list(s.execute(q.order_by(*_order(Batch, order)).offset(start).limit(limit)).scalars())
 
     def count_batches(self, t: Tenant) -> int:
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             return s.execute(select(func.count()).select_from(Batch).where(Batch.sandbox_id == t.sandbox_id)).scalar_one()

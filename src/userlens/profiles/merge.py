@@ -181,7 +181,7 @@ class MergePolicyService:
             return s.execute(select(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id, MergePolicy.is_default.is_(True))).scalar_one_or_none()
 
     def list(self, sandbox_id: str, *, start: int, limit: int, order_by: str, filters: dict) -> tuple[int, list[MergePolicy]]:
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             q = select(MergePolicy).where(MergePolicy.sandbox_id == sandbox_id)
             if filters.get("default") is not None:
                 q = q.where(MergePolicy.is_default.is_(filters["default"]))

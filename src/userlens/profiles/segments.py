@@ -190,7 +190,7 @@ class SegmentService:
         return d
 
     def get_definition(self, sandbox_id: str, seg_id: str) -> SegmentDefinition:
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             d = s.execute(select(SegmentDefinition).where(SegmentDefinition.sandbox_id == sandbox_id, SegmentDefinition.id == seg_id)).scalar_one_or_none()
             if d is None:
                 raise NotFound(f"Segment definition '{seg_id}' not found")
@@ -199,7 +199,7 @@ class SegmentService:
     def list_definitions(self, sandbox_id: str, start: int, limit: int, sort: tuple[str, bool]) -> tuple[int, list[SegmentDefinition]]:
         cols = {"name": SegmentDefinition.name, "creationTime": SegmentDefinition.created_ms, "updateTime": SegmentDefinition.updated_ms, "updateEpoch": SegmentDefinition.updated_ms}
         col = cols[sort[0]]
-        with self.db.session() as s:
+        with self.db.read_session() as s:
             q = select(SegmentDefinition).where(SegmentDefinition.sandbox_id == sandbox_id)
             total = s.execute(select(func.count()).select_from(q.subquery())).scalar_one()
             rows = list(s.execute(q.order_by(col.desc() if sort[1] else col, SegmentDefinition.id).offset(start).limit(limit)).scalars())

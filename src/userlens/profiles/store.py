@@ -141,7 +141,7 @@ def read_session(db: Database) -> Iterator[Session]:
     if s is not None:
         yield s
         return
-    with db.session() as s:
+    with db.read_session() as s:  # alone, a read needs no transaction (no BEGIN/COMMIT round trips)
         yield s
 
 

@@ -81,7 +81,7 @@ class ResourceService:
 
     # -- read ----------------------------------------------------------------------------------
     def get(self, account_id: str, row_id: str):
-        with self.deps.db.session() as s:
+        with self.deps.db.read_session() as s:
             return self.get_in(s, account_id, row_id)
 
     def get_in(self, s: Session, account_id: str, row_id: str, lock: bool = False):
@@ -95,10 +95,15 @@ class ResourceService:
 
     def list(self, account_id: str, index: int, limit: int) -> tuple[int, list]:
         m = self.model
-        with self.deps.db.session() as s:
-            total = s.execute(select(func.count()).select_from(m).where(m.account_id == account_id)).scalar_one()
-            rows = s.execute(select(m).where(m.account_id == account_id).order_by(m.created_at.desc(), m.id.desc()).offset(index).limit(limit)).scalars().all()
-            return total, list(rows)
+        with self.deps.db.read_session() as s:
+            # The page and the total in one query (one round trip); a page past the end has no row to
+            # carry the total, so only then is it counted apart.
+            q = select(m, func.count().over()).where(m.account_id == account_id).order_by(m.created_at.desc(), m.id.desc()).offset(index).limit(limit)
+            rows = s.execute(q).all()
+            if rows:
+                return rows[0][1], [r[0] for r in rows]
+            total = 0 if index == 0 else s.execute(select(func.count()).select_from(m).where(m.account_id == account_id)).scalar_one()
+            return total, []
 
     def require_completed(self, s: Session, account_id: str, row_id: object, field: str):
         """An input resource: it must exist in the account (404) and be completed (409)."""
