@@ -397,3 +397,39 @@ def test_secrets_never_appear_in_logs_errors_or_the_console(nclue, caplog, capsy
         for b in bodies:
             assert value not in b, f"{name} in a response: {b[:300]}"
     assert len(bodies) >= 16 and any("signature does not match" in b for b in bodies)
+
+
+def test_access_keys_are_cached_for_seconds_and_revocation_through_the_server_is_immediate(nclue, monkeypatch):
+    """A signed request reads its key from the database once per KEY_CACHE_SECONDS; a key revoked by
+    another process keeps working until then (documented), one revoked through this process stops at once."""
+    from sqlalchemy import event
+
+    from userlens.accounts import service as accounts
+    from userlens.accounts.service import AccountService
+
+    http, svc = nclue.http, nclue.svc
+    k = svc.accounts.create_key("cached")
+
+    def status() -> int:
+        return http.get(FEATURES, headers=signed(k.access_key, k.secret_key, "GET", FEATURES)).status_code
+
+    statements: list[str] = []
+    listener = lambda conn, cursor, sql, *a: statements.append(sql)  # noqa: E731
+    event.listen(svc.db.engine, "before_cursor_execute", listener)
+    try:
+        assert status() == 200
+        assert status() == 200
+    finally:
+        event.remove(svc.db.engine, "before_cursor_execute", listener)
+    assert sum("access_keys" in sql for sql in statements) == 1, statements
+
+    AccountService(svc.db, svc.accounts._master).revoke(k.access_key)  # `userlens keys revoke` meanwhile
+    assert status() == 200  # cached: the revocation delay
+    monkeypatch.setattr(accounts, "KEY_CACHE_SECONDS", 0.0)
+    assert status() == 401
+    monkeypatch.undo()
+
+    k = svc.accounts.create_key("cached-2")
+    assert status() == 200
+    svc.accounts.revoke(k.access_key)
+    assert status() == 401

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +42,25 @@ class Credentials:
     secret_key: str
 
 
+KEY_CACHE_SECONDS = 5.0
+MISS = object()  # lookup_cached(): not in the cache (ask the database)
+
+
 class AccountService:
+    """Accounts and NCLUE access keys.
+
+    lookup() answers from an in-process cache for KEY_CACHE_SECONDS after reading an active key, so
+    a signed request costs no database session for its authentication. A key revoked through this
+    process (revoke()) is dropped from its cache at once; a key revoked by another process
+    (`userlens keys revoke` while the server runs) stops working within KEY_CACHE_SECONDS. Unknown
+    and revoked keys are not cached: a key created meanwhile works at once."""
+
     def __init__(self, db: Database, master_key: bytes):
         self.db = db
         self._master = master_key
+        self._keys: dict[str, tuple[float, tuple[str, str]]] = {}  # access key -> (read at, (account id, secret))
+        self._keys_lock = threading.Lock()
+        self._revocations = 0  # a look-up that raced a revoke() does not cache what it read before it
 
     def derive_secret(self, access_key: str, salt: str) -> str:
         mac = hmac.new(self._master, f"ncp-secret:{access_key}:{salt}".encode(), hashlib.sha256).digest()
@@ -67,12 +84,34 @@ class AccountService:
         return Credentials(account_id, account_name, access_key, self.derive_secret(access_key, salt))
 
     def lookup(self, access_key: str) -> tuple[str, str] | None:
-        """(account_id, secret) of an active key, or None."""
-        with self.db.session() as s:
+        """(account_id, secret) of an active key, or None (cached: see the class)."""
+        hit = self.lookup_cached(access_key)
+        if hit is not MISS:
+            return hit
+        read_at, revocations = time.monotonic(), self._revocations
+        with self.db.read_session() as s:
             row = s.get(AccessKey, access_key)
-            if row is None or not row.active:
-                return None
-            return row.account_id, self.derive_secret(row.access_key, row.salt)
+            found = None if row is None or not row.active else (row.account_id, self.derive_secret(row.access_key, row.salt))
+        if found is not None:
+            with self._keys_lock:
+                if revocations != self._revocations:
+                    return found
+                if len(self._keys) >= 10_000:  # bounded (there are rarely that many active keys)
+                    self._keys.clear()
+                self._keys[access_key] = (read_at, found)
+        return found
+
+    def lookup_cached(self, access_key: str):
+        """The cached answer of lookup(), or MISS; no database access (safe on the event loop)."""
+        hit = self._keys.get(access_key)
+        if hit is None or time.monotonic() - hit[0] >= KEY_CACHE_SECONDS:
+            return MISS
+        return hit[1]
+
+    def _forget(self, access_key: str) -> None:
+        with self._keys_lock:
+            self._revocations += 1
+            self._keys.pop(access_key, None)
 
     def verify(self, access_key: str, secret_key: str) -> str | None:
         """The account id when the secret belongs to the active access key (console sign-in)."""
@@ -96,7 +135,8 @@ class AccountService:
             if row is None:
                 return False
             row.active = False
-            return True
+        self._forget(access_key)
+        return True
 
     def has_any_key(self) -> bool:
         with self.db.session() as s:
