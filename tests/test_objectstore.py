@@ -538,3 +538,79 @@ def test_s3_wrong_credentials_raise_object_store_error(request, tmp_path):
         with pytest.raises(ObjectStoreError):
             op()
     assert good.list("creds") == [ObjectInfo("dir/k", 1)]
+
+
+# -- writes killed outright (local store) -----------------------------------------------------------
+KILLED_WRITER = """
+import sys, time
+from userlens.storage.objectstore import LocalObjectStore
+store = LocalObjectStore(sys.argv[1])
+with store.open_write(sys.argv[2], sys.argv[3]) as f:
+    f.write(b"partial" * 1000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
+def killed_write(root: Path, bucket: str, key: str) -> None:
+    """A process that is SIGKILLed in the middle of store.open_write(bucket, key)."""
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root), bucket, key], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline().strip() == b"writing"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+
+def test_a_killed_writes_temporary_is_stale_at_once_and_cleaned_up(case, bucket):
+    """SIGKILL skips every clean-up of open_write: the hidden temporary stays. Its name says which
+    process wrote it, so it is known stale as soon as that process is gone (no grace period to wait),
+    while a temporary of a write in flight is kept."""
+    if case.kind != "local":
+        pytest.skip("only the local store writes temporaries (S3 uploads are invisible until complete)")
+    store = case.store
+    killed_write(case.root, bucket, "results/run.tsv")
+    temps = list(store.temporaries(bucket))
+    assert [k.rsplit("/", 1)[0] for k, _, _ in temps] == ["results"] and temps[0][1] == 7000
+    assert store.list(bucket) == [] and not store.is_dir(bucket, "results")
+    with store.open_write(bucket, "results/other.tsv") as f:  # a write in flight in this process
+        f.write(b"x")
+        assert sorted(k for k, _, _ in store.temporaries(bucket, "results")) != []
+        assert store.remove_stale_temporaries(bucket, "results", grace_seconds=3600) == [temps[0][0]]
+        assert len(list(store.temporaries(bucket))) == 1  # ours, kept
+    assert list(store.temporaries(bucket)) == []
+    assert store.read_bytes(bucket, "results/other.tsv") == b"x"
+
+
+def test_the_retried_write_of_an_object_sweeps_the_killed_ones_temporary(case, bucket):
+    if case.kind != "local":
+        pytest.skip("local store only")
+    store = case.store
+    killed_write(case.root, bucket, "results/run.tsv")
+    killed_write(case.root, bucket, "results/kept.tsv")  # another object: not this write's business
+    assert len(list(store.temporaries(bucket))) == 2
+    store.write_bytes(bucket, "results/run.tsv", b"done")
+    left = [k for k, _, _ in store.temporaries(bucket)]
+    assert len(left) == 1 and left[0].endswith("-kept.tsv"), left
+    assert store.read_bytes(bucket, "results/run.tsv") == b"done"
+
+
+def test_temporaries_of_unknown_writers_are_stale_after_the_grace_period(case, bucket):
+    """Temporaries named the old way (no writer) or by another host: age decides."""
+    if case.kind != "local":
+        pytest.skip("local store only")
+    store = case.store
+    folder = case.root / bucket / "d"
+    folder.mkdir(parents=True)
+    old, young, other_host = folder / f".tmp-{'a' * 32}-x.bin", folder / f".tmp-{'b' * 32}-y.bin", folder / ".tmp-1.ffffffff-0123456789abcdef-z.bin"
+    for p in (old, young, other_host):
+        p.write_bytes(b"t")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert store.remove_stale_temporaries(bucket, "", grace_seconds=3600) == ["d/" + old.name]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([young.name, other_host.name])
+    assert sorted(store.remove_stale_temporaries(bucket, "d", grace_seconds=0)) == sorted(["d/" + young.name, "d/" + other_host.name])

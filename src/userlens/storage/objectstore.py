@@ -3,14 +3,24 @@
 Both backends are fsspec filesystems, so pyarrow and DuckDB can read the same paths. Writes through
 `open_write` become visible atomically: the local backend writes a hidden temporary file and renames
 it; S3 makes an object visible only when its (multipart) upload completes.
+
+A local write killed outright (SIGKILL, power loss) leaves its hidden temporary next to the object it
+was writing. The temporary's name carries its writer (process id and a tag of the host and process
+namespace), so a temporary is *stale* once its writer is known dead (same host, process gone) or it
+has not been written to for TEMP_GRACE_SECONDS. Stale temporaries go when a later write of the same
+object succeeds (the retried attempt), with delete_prefix of their folder (everything under a prefix
+goes, temporaries included), and with `userlens fsck --repair`, which looks for them in every bucket.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
+import socket
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +85,53 @@ def check_object_key(key: str) -> str:
 
 def _not_found(path: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "no such object", path)
+
+
+TEMP_PREFIX = ".tmp-"
+TEMP_GRACE_SECONDS = 3600.0  # a temporary untouched this long is stale even when its writer is unknown
+_TEMP_WRITER = re.compile(r"^\.tmp-(\d+)\.([0-9a-f]{8})-")
+_TEMP_NAME = re.compile(r"^\.tmp-(?:\d+\.[0-9a-f]{8}-[0-9a-f]{16}|[0-9a-f]{32})-(.+)$")  # this version's, and the one before
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+def _host_tag() -> str:
+    """This host and process namespace (process ids are only comparable within one)."""
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}/{ns}".encode()).hexdigest()[:8]
+
+
+_HOST_TAG = _host_tag()
+
+
+def temporary_name(final_name: str) -> str:
+    """`.tmp-{pid}.{host tag}-{random}-{name}`: hidden, unique, and naming its writer."""
+    return f"{TEMP_PREFIX}{os.getpid()}.{_HOST_TAG}-{uuid.uuid4().hex[:16]}-{final_name}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def temporary_is_stale(name: str, mtime: float | None, now: float | None = None, grace_seconds: float = TEMP_GRACE_SECONDS) -> bool:
+    """Whether the hidden temporary `name` belongs to no write in flight: its writer ran on this host
+    and has exited, or it was last written grace_seconds ago or more. Temporaries of older versions
+    (no writer in the name) and of other hosts are judged by age alone."""
+    m = _TEMP_WRITER.match(name)
+    if m and m.group(2) == _HOST_TAG and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        return True
+    return mtime is not None and (now if now is not None else time.time()) - mtime >= grace_seconds
 
 
 class ObjectStore:
@@ -203,8 +260,24 @@ class ObjectStore:
         p = self.path(bucket, check_object_key(key))
         self._guard(lambda: self.fs.rm_file(p) if self._is_object(p) else None)
 
+    def temporaries(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, int, float | None]]:
+        """(key, size, mtime) of the hidden temporaries of writes under a prefix. Only the local store
+        has any: an S3 upload is invisible until it completes."""
+        return iter(())
+
+    def remove_stale_temporaries(self, bucket: str, prefix: str = "", grace_seconds: float = TEMP_GRACE_SECONDS) -> list[str]:
+        """Deletes the stale temporaries (see temporary_is_stale) under a prefix; returns their keys."""
+        gone = []
+        now = time.time()
+        for key, _size, mtime in self.temporaries(bucket, prefix):
+            if temporary_is_stale(key.rsplit("/", 1)[-1], mtime, now, grace_seconds):
+                self._guard(lambda k=key: self.fs.rm_file(self.path(bucket, k)) if self.fs.exists(self.path(bucket, k)) else None)
+                gone.append(key)
+        return gone
+
     def delete_prefix(self, bucket: str, prefix: str) -> None:
-        """Delete every object under a folder-like prefix (not the bucket: the prefix may not be empty)."""
+        """Delete every object under a folder-like prefix (not the bucket: the prefix may not be empty);
+        on the local store, temporaries of writes under it too."""
         prefix = check_key(prefix.rstrip("/"))
         if not prefix:
             raise InvalidObjectPath("delete_prefix needs a non-empty prefix")
@@ -246,10 +319,6 @@ def is_full(exc: BaseException) -> bool:
     return any(m in text for m in FULL_MARKERS) and not isinstance(exc, FileNotFoundError)
 
 
-def _is_temporary(name: str) -> bool:
-    return name.startswith(".tmp-")
-
-
 class LocalObjectStore(ObjectStore):
     """Buckets are folders under `root`."""
 
@@ -272,6 +341,43 @@ class LocalObjectStore(ObjectStore):
         # Hidden temporaries of writes in flight are not objects yet.
         return [o for o in super().list(bucket, prefix) if not _is_temporary(o.key.rsplit("/", 1)[-1])]
 
+    def buckets(self) -> list[str]:
+        """Every bucket (folder of the root with a valid bucket name)."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and BUCKET_RE.match(p.name))
+
+    def temporaries(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, int, float | None]]:
+        prefix = prefix.rstrip("/")
+        if prefix:
+            check_key(prefix)
+        base = Path(self.path(bucket))
+        root = Path(self.path(bucket, prefix))
+        for dirpath, dirnames, filenames in os.walk(root):  # one folder at a time: memory stays bounded
+            dirnames.sort()
+            for name in sorted(filenames):
+                if not _is_temporary(name):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:  # its write just finished (renamed) or failed
+                    continue
+                yield (Path(dirpath, name).relative_to(base).as_posix(), st.st_size, st.st_mtime)
+
+    def _sweep_temporaries_of(self, folder: Path, final_name: str) -> None:
+        """After a write of `final_name` succeeded: removes stale temporaries of earlier writes of the
+        same object in its folder (a killed attempt's; the retry that just succeeded replaces it)."""
+        now = time.time()
+        try:
+            names = [e.name for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX)]
+        except OSError:
+            return
+        for name in (n for n in names if (m := _TEMP_NAME.match(n)) and m.group(1) == final_name):
+            path = folder / name
+            try:
+                if temporary_is_stale(name, path.stat().st_mtime, now):
+                    path.unlink()
+            except OSError:  # gone meanwhile, or not ours to remove: the next sweep or fsck sees it
+                pass
+
     def _has_objects_under(self, bucket: str, key: str) -> bool:
         # Folders stay behind when their last object is deleted, and may hold only temporaries of
         # writes in flight: neither counts (as on S3, where folders exist only through objects).
@@ -289,7 +395,7 @@ class LocalObjectStore(ObjectStore):
         bucket_dir = Path(self.path(bucket))
         if not bucket_dir.is_dir():  # as on S3: writing does not create the bucket
             raise FileNotFoundError(errno.ENOENT, f"bucket {bucket!r} does not exist", str(bucket_dir))
-        tmp = final.parent / f".tmp-{uuid.uuid4().hex}-{final.name}"
+        tmp = final.parent / temporary_name(final.name)
 
         def _open():
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -306,6 +412,7 @@ class LocalObjectStore(ObjectStore):
                 os.replace(tmp, final)
 
             self._guard(_commit)
+            self._sweep_temporaries_of(final.parent, final.name)
         except BaseException:
             # close() flushes what is still buffered: on a full disk it fails again (ENOSPC), and
             # must neither replace the original error nor keep the temporary from being removed.
