@@ -232,12 +232,13 @@ def fsck(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     repair: bool = typer.Option(False, help="Delete orphans older than --grace-seconds (never a referenced object)."),
     grace_seconds: float = typer.Option(3600.0, help="Orphans younger than this are reported, never deleted (work in flight may own them)."),
+    page_size: int = typer.Option(1000, min=1, help="Metadata rows per query and objects per listing page (what the check holds in memory at once)."),
 ) -> None:
     """Check that the metadata database and the object store agree: orphans, dangling references, status mismatches. Exit code 1 if any problem is left."""
     from userlens.fsck import run_fsck
 
     svc = _prepare(_settings())
-    report = run_fsck(svc, repair=repair, grace_seconds=grace_seconds)
+    report = run_fsck(svc, repair=repair, grace_seconds=grace_seconds, page_size=page_size)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
     raise typer.Exit(0 if report.clean else 1)
 
