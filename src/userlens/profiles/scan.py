@@ -594,13 +594,15 @@ class LakeSlice:
 
 @dataclass(frozen=True)
 class LakeChunk:
-    """An executor chunk of a lake export: slices of record parts, and the graph snapshot of the
-    rows it exports (`graph`: Parquet files of (slice number, row in the slice, xid, members,
-    primary identity), written by the job, in no order)."""
+    """An executor chunk of a lake export: slices of record parts, and its share of the job's
+    answer, written by the job in no order: `rows`, Parquet files of the rows it exports (slice
+    number, row in the slice, XID, primary identity), and `ids`, of the identities of their graphs
+    (XID, identity)."""
 
     index: int
     slices: tuple[LakeSlice, ...]
-    graph: tuple[str, ...]  # its graph snapshot's file(s)
+    rows: tuple[str, ...]
+    ids: tuple[str, ...]
 
 
 class LakeExport:
@@ -733,19 +735,15 @@ class LakeExport:
         sidecars = f"read_parquet({_sql_list([self._path(p[1]) for p in pt])}, filename = true, file_row_number = true)"
         con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.xid FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
         check()
-        # g: per graph with a record, its live fragments and whether the policy takes the row as is;
-        # graphs over the guardrail are left out (as by the SQL scan).
-        con.execute(
-            f"CREATE TABLE g AS SELECT fx.xid, COUNT(*) AS n, bool_and(fx.direct) AS direct FROM fx WHERE fx.xid IN (SELECT xid FROM ids GROUP BY xid HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES}) GROUP BY fx.xid"
-        )
-        self._rest = con.sql("SELECT xid FROM g WHERE n > 1 OR NOT direct ORDER BY xid").to_arrow_table().column("xid").combine_chunks()
+        # g: per graph with a record, its live fragments and whether the policy takes the row as is.
+        con.execute("CREATE TABLE g AS SELECT xid, COUNT(*) AS n, bool_and(direct) AS direct FROM fx GROUP BY xid")
+        # rest: the graphs SQL merges, within the guardrail (as the SQL scan).
+        self._rest = con.sql(
+            f"SELECT r.xid FROM (SELECT xid FROM g WHERE n > 1 OR NOT direct) r JOIN ids i ON i.xid = r.xid GROUP BY r.xid HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES} ORDER BY r.xid"
+        ).to_arrow_table().column("xid").combine_chunks()
         where = f" AND fx.ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
-        # snap (a view: `chunks` runs it once): the exported rows, each with its graph's XID and members.
-        con.execute(
-            "CREATE VIEW snap AS SELECT fx.pix, fx.row, fx.pkey, m.xid, m.members FROM fx JOIN"
-            " (SELECT i.xid, list(i.ikey ORDER BY i.ikey) AS members FROM ids i SEMI JOIN g ON g.xid = i.xid AND g.n = 1 AND g.direct GROUP BY i.xid) m"
-            f" ON m.xid = fx.xid WHERE true{where}"
-        )
+        # snap (a view: `chunks` runs it once): the rows to export from the lake, with their graph.
+        con.execute(f"CREATE VIEW snap AS SELECT fx.pix, fx.row, fx.pkey, fx.xid FROM fx SEMI JOIN g ON g.xid = fx.xid AND g.n = 1 AND g.direct WHERE true{where}")
         return True
 
     def _graph_pages(self, s) -> Iterator[tuple[pa.Array, pa.Array]]:
@@ -801,30 +799,38 @@ class LakeExport:
                 plan[-1].append((i, LakeSlice(key, r0, r1, ing)))
                 room -= r1 - r0
                 r0 = r1
-        # cr: per slice, its chunk, its number within the chunk and its part's row range
-        ranges = [(c, j, pix, sl.r0, sl.r1) for c, sls in enumerate(plan) for j, (pix, sl) in enumerate(sls)]
-        _insert(con, "cr", pa.table({n: pa.array([r[j] for r in ranges], pa.int64()) for j, n in enumerate(("chunk", "sl", "pix", "r0", "r1"))}), create=True)
-        # One pass writes every chunk's rows to a local folder per chunk (DuckDB, in parallel); they
-        # are then copied to the store.
-        out_dir = f"{self._tmp}/chunks"
+        # cr: per slice, its chunk, its number within the chunk and its part's first row; pb: each
+        # part's first row in the parts laid end to end (a row's chunk is that // CHUNK_ROWS).
+        ranges = [(c, j, pix, sl.r0) for c, sls in enumerate(plan) for j, (pix, sl) in enumerate(sls)]
+        _insert(con, "cr", pa.table({n: pa.array([r[j] for r in ranges], pa.int64()) for j, n in enumerate(("chunk", "sl", "pix", "r0"))}), create=True)
+        _insert(con, "pb", pa.table({"pix": pa.array(range(len(pt)), pa.int64()), "base": pa.array(np.cumsum([0] + [p[2] for p in pt])[:-1], pa.int64())}), create=True)
+        # Every chunk's rows (slice, row, XID, primary identity), then the identities of their graphs,
+        # written to a local folder per chunk (DuckDB, in parallel), then copied to the store: the
+        # chunks build their graphs' member lists themselves.
         con.execute(
-            "COPY (SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.xid, s.members, s.pkey FROM snap s JOIN cr ON cr.pix = s.pix AND s.row >= cr.r0 AND s.row < cr.r1)"
-            f" TO {_sql_str(out_dir)} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd)"
+            "CREATE TABLE sc AS SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.xid, s.pkey FROM snap s JOIN pb ON pb.pix = s.pix"
+            f" JOIN cr ON cr.pix = s.pix AND cr.chunk = (pb.base + s.row) // {int(self.CHUNK_ROWS)}"
+        )
+        out_dir = f"{self._tmp}/chunks"
+        os.makedirs(out_dir)
+        con.execute(f"COPY sc TO {_sql_str(out_dir + '/rows')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)")
+        con.execute(
+            f"COPY (SELECT sc.chunk, i.xid, i.ikey FROM ids i JOIN sc ON sc.xid = i.xid) TO {_sql_str(out_dir + '/ids')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)"
         )
         out: list[LakeChunk] = []
         for c, sls in enumerate(plan):
             if check is not None:
                 check()
-            folder = f"{out_dir}/chunk={c}"
-            files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            if not files:
+            keys: dict[str, list[str]] = {"rows": [], "ids": []}
+            for what in keys:
+                folder = f"{out_dir}/{what}/chunk={c}"
+                for j, name in enumerate(sorted(os.listdir(folder)) if os.path.isdir(folder) else []):
+                    keys[what].append(f"{prefix}/{what}-{c:05d}-{j:03d}.parquet")
+                    with open(f"{folder}/{name}", "rb") as src, self.objects.open_write(self.bucket, keys[what][-1]) as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+            if not keys["rows"]:
                 continue  # no row of this chunk is exported
-            keys = []
-            for j, name in enumerate(files):
-                keys.append(f"{prefix}/graph-{c:05d}-{j:03d}.parquet")
-                with open(f"{folder}/{name}", "rb") as src, self.objects.open_write(self.bucket, keys[-1]) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            out.append(LakeChunk(len(out), tuple(sl for _, sl in sls), tuple(keys)))
+            out.append(LakeChunk(len(out), tuple(sl for _, sl in sls), tuple(keys["rows"]), tuple(keys["ids"])))
         self.close()
         return out
 
@@ -852,14 +858,32 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
     """The profiles of one lake export chunk (an executor chunk: no database): each slice's part
     rows the chunk's graph snapshot names, taken by position, in pages of at most `batch_rows`.
     Columns are those of `schema` (the parts read as one table: a column a part lacks is null)."""
-    tables = []
-    for key in chunk.graph:
-        with objects.open_read(bucket, key) as f:
-            tables.append(pq.read_table(f))
-    graph = pa.concat_tables(tables)
-    del tables
-    order = np.lexsort((graph.column("row").to_numpy(), graph.column("sl").to_numpy()))
+    def read(keys) -> pa.Table:
+        tables = []
+        for key in keys:
+            with objects.open_read(bucket, key) as f:
+                tables.append(pq.read_table(f))
+        return pa.concat_tables(tables).combine_chunks()
+
+    # The graphs: identities sorted by (XID, identity), a member list per XID.
+    ids = read(chunk.ids).sort_by([("xid", "ascending"), ("ikey", "ascending")])
+    xid = ids.column("xid").combine_chunks()
+    m = len(xid)
+    start = np.ones(m, bool)
+    if m > 1:
+        start[1:] = pc.not_equal(xid.slice(1), xid.slice(0, m - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(start)
+    offsets = np.append(starts, m).astype(np.int32)
+    groups = pa.ListArray.from_arrays(pa.array(offsets), ids.column("ikey").combine_chunks())
+    uniq = xid.take(pa.array(starts, pa.int64()))
+    del ids, xid
+    # The rows, in part order, each with its graph (a graph over the guardrail is not exported).
+    graph = read(chunk.rows)
+    gi = pc.index_in(graph.column("xid"), value_set=uniq).to_numpy(zero_copy_only=False)
+    keep = np.diff(offsets)[gi] <= MAX_GRAPH_IDENTITIES
+    order = np.flatnonzero(keep)[np.lexsort((graph.column("row").to_numpy()[keep], graph.column("sl").to_numpy()[keep]))]
     graph = graph.take(pa.array(order, pa.int64()))
+    gi = gi[order]
     sl_col = graph.column("sl").to_numpy()
     rows = graph.column("row").to_numpy()
     bounds = np.searchsorted(sl_col, np.arange(len(chunk.slices) + 1))
@@ -876,14 +900,16 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
             k = min(b, i + batch_rows)
             n = k - i
             attrs = _conform(part.take(pa.array(rows[i:k], pa.int64())) if part is not None else _no_columns(n), schema)
-            # a copy of the page's graph rows: arrays that start at offset 0 (ScanPage's consumers
-            # pair list offsets with flattened values)
-            g = graph.take(pa.array(np.arange(i, k), pa.int64())).combine_chunks()
-            members = _plain_list(g.column("members"))
-            # primary: each member is the row's primary identity (the record's fragment key)
-            lens = np.diff(members.offsets.to_numpy())
+            g = graph.slice(i, n)
+            # members with offsets from 0 (ScanPage's consumers pair list offsets with flattened
+            # values); primary: each member is the row's primary identity (its fragment key)
+            taken = groups.take(pa.array(gi[i:k], pa.int64()))
+            lens = np.diff(taken.offsets.to_numpy())
+            offs = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+            flat = pc.list_flatten(taken)
+            members = pa.ListArray.from_arrays(offs, flat)
             pkeys = g.column("pkey").combine_chunks().take(pa.array(np.repeat(np.arange(n), lens), pa.int64()))
-            primary = pa.ListArray.from_arrays(members.offsets, pc.equal(pc.list_flatten(members), pkeys))
+            primary = pa.ListArray.from_arrays(offs, pc.equal(flat, pkeys))
             yield ScanPage(g.column("xid").combine_chunks().cast(pa.string()), None, members, primary, np.ones(n, bool), np.full(n, sl.ingest_ms, np.int64), table=attrs)
         del part
 
