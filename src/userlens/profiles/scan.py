@@ -855,9 +855,11 @@ def lake_path(objects, bucket: str, key: str) -> str:
 
 
 def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, batch_rows: int = LakeExport.BATCH_ROWS) -> Iterator[ScanPage]:
-    """The profiles of one lake export chunk (an executor chunk: no database): each slice's part
-    rows the chunk's graph snapshot names, taken by position, in pages of at most `batch_rows`.
-    Columns are those of `schema` (the parts read as one table: a column a part lacks is null)."""
+    """The profiles of one lake export chunk (an executor chunk: no database): the part rows its
+    `rows` files name, taken by position, with their graph's XID and members (from its `ids`), in
+    pages of at most `batch_rows`. Columns are those of `schema` (the parts read as one table: a
+    column a part lacks is null)."""
+
     def read(keys) -> pa.Table:
         tables = []
         for key in keys:
@@ -955,13 +957,6 @@ def _sql_str(s: str) -> str:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _plain_list(col) -> pa.ListArray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_large_list(arr.type):
-        arr = arr.cast(pa.list_(arr.type.value_type))
-    return arr
 
 
 # -- column-wise helpers for consumers -------------------------------------------------------------
