@@ -21,7 +21,7 @@ class NcluePage:
         return {"index": self.index, "limit": self.limit, "total": total, key: items}
 
 
-def nclue_page(
+async def nclue_page(  # async: pure parsing, so FastAPI runs it on the event loop (no thread hop)
     index: str | None = Query(None, description="Start position (offset) in the list, 0 or more. Default 0."),
     limit: str | None = Query(None, description="Items per page, 1-100. Default 20."),
 ) -> NcluePage:
