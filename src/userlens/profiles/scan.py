@@ -596,8 +596,8 @@ class LakeSlice:
 class LakeChunk:
     """An executor chunk of a lake export: slices of record parts, and its share of the job's
     answer, written by the job in no order: `rows`, Parquet files of the rows it exports (slice
-    number, row in the slice, XID, primary identity), and `ids`, of the identities of their graphs
-    (XID, identity)."""
+    number, row in the slice, graph number, XID, primary identity), and `ids`, of the identities of
+    their graphs (graph number, identity)."""
 
     index: int
     slices: tuple[LakeSlice, ...]
@@ -697,11 +697,20 @@ class LakeExport:
             self.con = con = duckdb.connect(config={"memory_limit": self.MEMORY, "temp_directory": self._tmp, "threads": 2, "preserve_insertion_order": False})
             if not isinstance(self.objects, LocalObjectStore):
                 con.register_filesystem(self.objects.fs)
-            # The graph: ids (XID, identity), as the xid index gives it; DuckDB groups it below.
-            con.execute("CREATE TABLE ids (xid VARCHAR, ikey VARCHAR)")
+            # The graph: ids (graph number, identity) and xids (graph number, XID), from the xid
+            # index's order (numbers, not XIDs, in the joins: a smaller working set for DuckDB).
+            con.execute("CREATE TABLE ids (gix BIGINT, ikey VARCHAR)")
+            con.execute("CREATE TABLE xids (gix BIGINT, xid VARCHAR)")
+            gix = 0
             for xid, ikey in self._graph_pages(s):
                 check()
-                _insert(con, "ids", pa.table({"xid": xid, "ikey": ikey}))
+                n = len(xid)
+                start = np.ones(n, bool)
+                start[1:] = pc.not_equal(xid.slice(1), xid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+                starts = np.flatnonzero(start)
+                _insert(con, "ids", pa.table({"gix": pa.array(np.cumsum(start) - 1 + gix), "ikey": ikey}))
+                _insert(con, "xids", pa.table({"gix": pa.array(np.arange(gix, gix + len(starts))), "xid": xid.take(pa.array(starts))}))
+                gix += len(starts)
             # Loads that lost fragments after ingestion (a deleted profile): their live primary identities.
             con.execute("CREATE TABLE live (load BIGINT, pkey VARCHAR)")
             for lid, _, _, parts in loads:
@@ -733,17 +742,18 @@ class LakeExport:
         # graph; g: live fragments per graph; rest: the graphs SQL merges.
         live_join = f"AND (t.load NOT IN ({', '.join(str(x) for x in sorted(partial))}) OR EXISTS (SELECT 1 FROM live v WHERE v.load = t.load AND v.pkey = f.pkey))" if partial else ""
         sidecars = f"read_parquet({_sql_list([self._path(p[1]) for p in pt])}, filename = true, file_row_number = true)"
-        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.xid FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
+        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.gix FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
         check()
         # g: per graph with a record, its live fragments and whether the policy takes the row as is.
-        con.execute("CREATE TABLE g AS SELECT xid, COUNT(*) AS n, bool_and(direct) AS direct FROM fx GROUP BY xid")
+        con.execute("CREATE TABLE g AS SELECT gix, COUNT(*) AS n, bool_and(direct) AS direct FROM fx GROUP BY gix")
         # rest: the graphs SQL merges, within the guardrail (as the SQL scan).
         self._rest = con.sql(
-            f"SELECT r.xid FROM (SELECT xid FROM g WHERE n > 1 OR NOT direct) r JOIN ids i ON i.xid = r.xid GROUP BY r.xid HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES} ORDER BY r.xid"
+            f"SELECT x.xid FROM (SELECT r.gix FROM (SELECT gix FROM g WHERE n > 1 OR NOT direct) r JOIN ids i ON i.gix = r.gix GROUP BY r.gix HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES}) k"
+            " JOIN xids x ON x.gix = k.gix ORDER BY x.xid"
         ).to_arrow_table().column("xid").combine_chunks()
         where = f" AND fx.ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
         # snap (a view: `chunks` runs it once): the rows to export from the lake, with their graph.
-        con.execute(f"CREATE VIEW snap AS SELECT fx.pix, fx.row, fx.pkey, fx.xid FROM fx SEMI JOIN g ON g.xid = fx.xid AND g.n = 1 AND g.direct WHERE true{where}")
+        con.execute(f"CREATE VIEW snap AS SELECT fx.pix, fx.row, fx.pkey, fx.gix FROM fx SEMI JOIN g ON g.gix = fx.gix AND g.n = 1 AND g.direct WHERE true{where}")
         return True
 
     def _graph_pages(self, s) -> Iterator[tuple[pa.Array, pa.Array]]:
@@ -808,14 +818,14 @@ class LakeExport:
         # written to a local folder per chunk (DuckDB, in parallel), then copied to the store: the
         # chunks build their graphs' member lists themselves.
         con.execute(
-            "CREATE TABLE sc AS SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.xid, s.pkey FROM snap s JOIN pb ON pb.pix = s.pix"
+            "CREATE TABLE sc AS SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.gix, s.pkey FROM snap s JOIN pb ON pb.pix = s.pix"
             f" JOIN cr ON cr.pix = s.pix AND cr.chunk = (pb.base + s.row) // {int(self.CHUNK_ROWS)}"
         )
         out_dir = f"{self._tmp}/chunks"
         os.makedirs(out_dir)
-        con.execute(f"COPY sc TO {_sql_str(out_dir + '/rows')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)")
+        con.execute(f"COPY (SELECT sc.*, x.xid FROM sc JOIN xids x ON x.gix = sc.gix) TO {_sql_str(out_dir + '/rows')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)")
         con.execute(
-            f"COPY (SELECT sc.chunk, i.xid, i.ikey FROM ids i JOIN sc ON sc.xid = i.xid) TO {_sql_str(out_dir + '/ids')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+            f"COPY (SELECT sc.chunk, i.gix, i.ikey FROM ids i JOIN sc ON sc.gix = i.gix) TO {_sql_str(out_dir + '/ids')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)"
         )
         out: list[LakeChunk] = []
         for c, sls in enumerate(plan):
@@ -867,21 +877,20 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
                 tables.append(pq.read_table(f))
         return pa.concat_tables(tables).combine_chunks()
 
-    # The graphs: identities sorted by (XID, identity), a member list per XID.
-    ids = read(chunk.ids).sort_by([("xid", "ascending"), ("ikey", "ascending")])
-    xid = ids.column("xid").combine_chunks()
-    m = len(xid)
+    # The graphs: identities sorted by (graph, identity), a member list per graph.
+    ids = read(chunk.ids).sort_by([("gix", "ascending"), ("ikey", "ascending")])
+    gix = ids.column("gix").to_numpy()
+    m = len(gix)
     start = np.ones(m, bool)
-    if m > 1:
-        start[1:] = pc.not_equal(xid.slice(1), xid.slice(0, m - 1)).to_numpy(zero_copy_only=False)
+    start[1:] = gix[1:] != gix[:-1]
     starts = np.flatnonzero(start)
     offsets = np.append(starts, m).astype(np.int32)
     groups = pa.ListArray.from_arrays(pa.array(offsets), ids.column("ikey").combine_chunks())
-    uniq = xid.take(pa.array(starts, pa.int64()))
-    del ids, xid
+    uniq = gix[starts]
+    del ids, gix
     # The rows, in part order, each with its graph (a graph over the guardrail is not exported).
     graph = read(chunk.rows)
-    gi = pc.index_in(graph.column("xid"), value_set=uniq).to_numpy(zero_copy_only=False)
+    gi = np.searchsorted(uniq, graph.column("gix").to_numpy())
     keep = np.diff(offsets)[gi] <= MAX_GRAPH_IDENTITIES
     order = np.flatnonzero(keep)[np.lexsort((graph.column("row").to_numpy()[keep], graph.column("sl").to_numpy()[keep]))]
     graph = graph.take(pa.array(order, pa.int64()))
