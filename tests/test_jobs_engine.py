@@ -290,3 +290,38 @@ def test_an_attempts_output_is_discarded_before_the_job_says_it_ended(database, 
     Worker(q, reg, worker_id="w").run_one()
     assert seen == ["in_progress"]
     assert status(q, jid).status in ("failed", "pending", "registered")
+
+
+def test_a_cleanup_that_failed_is_tried_again_by_the_worker(database, monkeypatch):
+    """The object store was away when the attempt ended: its on_abort raised. The worker tries it
+    again later (and gives up after CLEANUP_GIVE_UP_SECONDS, leaving it to fsck)."""
+    import userlens.jobs.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CLEANUP_RETRY_SECONDS", 0.0)
+    q = make_queue(database)
+    reg = JobRegistry()
+    tries = []
+
+    def failing(ctx):
+        raise JobFailure("BAD", "no")
+
+    def flaky_abort(ctx):
+        tries.append(ctx.attempt_tag)
+        if len(tries) < 3:
+            raise OSError("the store is away")
+
+    reg.register("t.echo", failing, on_abort=flaky_abort)
+    submit(q)
+    q.promote()
+    w = Worker(q, reg, worker_id="w")
+    w.run_one()
+    assert len(tries) == 1 and w.retry_cleanups() == 1 and len(tries) == 2
+    assert w.retry_cleanups() == 0 and len(tries) == 3 and len(set(tries)) == 1  # the same attempt's output
+    assert w.retry_cleanups() == 0 and len(tries) == 3
+
+    monkeypatch.setattr(worker_module, "CLEANUP_GIVE_UP_SECONDS", 0.0)
+    reg.register("t.echo", failing, on_abort=lambda ctx: (_ for _ in ()).throw(OSError("still away")))
+    submit(q)
+    q.promote()
+    w.run_one()
+    assert w.retry_cleanups() == 0  # given up: fsck reports what is left

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -29,6 +29,9 @@ from userlens.jobs.engine import (
 from userlens.jobs.models import Job, JobStatus
 
 log = logging.getLogger("userlens.worker")
+
+CLEANUP_RETRY_SECONDS = 5.0  # between tries of a cleanup that failed
+CLEANUP_GIVE_UP_SECONDS = 3600.0
 
 
 def new_worker_id() -> str:
@@ -130,6 +133,11 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Cleanups (on_abort) that failed, e.g. while the object store was away: the loop tries them
+        # again every CLEANUP_RETRY_SECONDS for CLEANUP_GIVE_UP_SECONDS; what is still left after that
+        # is reported (and removed with --repair) by `userlens fsck`.
+        self._cleanups: list[list] = []  # [give_up_at, next_try_at, fn, what]
+        self._cleanups_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,12 +165,41 @@ class Worker:
         lower_priority(self.nice)
         while not self._stop.is_set():
             try:
+                self.retry_cleanups()
                 ran = self.run_one(slot_id)
             except Exception:  # never let one bad job or a database blip end the worker
                 log.exception("worker loop error")
                 ran = False
             if not ran:
                 self._stop.wait(self.poll_interval)
+
+    # -- cleanups ------------------------------------------------------------------------------
+    def _clean(self, fn: Callable[[], None], what: str) -> None:
+        try:
+            fn()
+        except Exception:
+            log.warning("%s failed; it will be tried again", what, exc_info=True)
+            now = time.monotonic()
+            with self._cleanups_lock:
+                self._cleanups.append([now + CLEANUP_GIVE_UP_SECONDS, now + CLEANUP_RETRY_SECONDS, fn, what])
+
+    def retry_cleanups(self) -> int:
+        """Tries the failed cleanups that are due once more; returns how many are still pending."""
+        now = time.monotonic()
+        with self._cleanups_lock:
+            due = [c for c in self._cleanups if c[1] <= now]
+        for c in due:
+            try:
+                c[2]()
+            except Exception as exc:
+                c[1] = time.monotonic() + CLEANUP_RETRY_SECONDS
+                if c[0] > now:
+                    continue
+                log.warning("%s: giving up (%s); `userlens fsck --repair` removes what is left", c[3], exc)
+            with self._cleanups_lock:
+                self._cleanups.remove(c)
+        with self._cleanups_lock:
+            return len(self._cleanups)
 
     # -- one job -------------------------------------------------------------------------------
     def run_one(self, slot_id: str | None = None) -> bool:
@@ -185,10 +222,7 @@ class Worker:
         if kind is None or kind.on_abort is None or not owner:
             return
         ctx = JobContext(job.id, job.kind, job.scope, dict(job.payload or {}), attempt, job.checkpoint, self.queue, owner, self.services)
-        try:
-            kind.on_abort(ctx)
-        except Exception:
-            log.warning("cleanup of dead attempt %d of job %s failed", attempt, job.id, exc_info=True)
+        self._clean(lambda: kind.on_abort(ctx), f"cleanup of dead attempt {attempt} of job {job.id}")
 
     def _run(self, job: Job, slot_id: str) -> None:
         kind = self.registry.kinds[job.kind]
@@ -203,12 +237,8 @@ class Worker:
         def discard() -> None:
             # What the attempt wrote goes before the job says it ended: a client that sees
             # "failed" (or a retry's next attempt) never finds the attempt's leftovers.
-            if kind.on_abort is None:
-                return
-            try:
-                kind.on_abort(ctx)
-            except Exception:
-                log.warning("cleanup after job %s failed", job.id, exc_info=True)
+            if kind.on_abort is not None:
+                self._clean(lambda: kind.on_abort(ctx), f"cleanup after attempt {job.attempts} of job {job.id}")
 
         try:
             try:
