@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     fault_slow_chunk_ms: int = Field(0, description="Fault injection: sleep this long after each chunk (tests only).")
     fault_slow_check_ms: int = Field(0, description="Fault injection: every job sleeps this long at each progress/cancel check (tests only).")
 
+    # AEP segment jobs
+    segment_chunk_profiles: int = Field(20_000, description="AEP segment jobs: profiles per executor chunk of the evaluation.")
+
     # AEP delete requests (profile system jobs)
     delete_chunk_rows: int = Field(50000, description="AEP delete requests: rows removed per transaction once the data is retired.")
 

@@ -88,5 +88,5 @@ def build_services(settings: Settings) -> Services:
     shopping_intents = ShoppingIntentService(nclue, tasks, panels)
     for service in (features, tasks, runs, custom_attributes, shopping_intents):
         service.register_jobs(registry)
-    aep = build_aep(db, store, queue, registry, settings.internal_bucket)
+    aep = build_aep(db, store, queue, registry, settings.internal_bucket, segment_chunk_profiles=settings.segment_chunk_profiles)
     return Services(settings, db, store, queue, registry, accounts, features, tasks, runs, custom_attributes, panels, shopping_intents, **aep, executor=executor)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def build_aep(db, store, queue, registry, internal_bucket: str) -> dict:
+def build_aep(db, store, queue, registry, internal_bucket: str, *, segment_chunk_profiles: int | None = None) -> dict:
     """The AEP services by their `Services` field names; registers the ingestion job kind."""
     from userlens.orgs.service import OrgService
     from userlens.profiles.access import ProfileAccess
@@ -19,7 +19,7 @@ def build_aep(db, store, queue, registry, internal_bucket: str) -> dict:
     from userlens.profiles.export import ExportService
     from userlens.profiles.segments import SegmentService
 
-    segments = SegmentService(db, queue, profile_store, merge_policies)
+    segments = SegmentService(db, queue, profile_store, merge_policies, **({"chunk_profiles": segment_chunk_profiles} if segment_chunk_profiles else {}))
     segments.register_jobs(registry)
     exports = ExportService(db, store, queue, internal_bucket, profile_store, merge_policies, segments)
     exports.register_jobs(registry)
