@@ -270,3 +270,28 @@ def test_temporaries_of_killed_writes_in_customer_buckets(nclue):
         repaired = run_fsck(nclue.svc, repair=True)  # stale at once: no grace period to wait for a dead writer
         assert [f.repaired for f in repaired.findings] == [True] and repaired.clean
     assert list(store.temporaries(nclue.bucket)) == [] and run_fsck(nclue.svc).clean
+
+
+def test_an_s3_upload_never_completed_is_reported_and_aborted(nclue):
+    """A writer killed mid-upload leaves an S3 multipart upload open (its parts take space, no reader
+    sees them). fsck reports it once past the grace period as `incomplete-upload` and --repair
+    aborts it; a younger one may be a write in flight and is left alone."""
+    from userlens.storage.objectstore import S3ObjectStore
+
+    svc = nclue.svc
+    store, bucket = svc.store, svc.settings.internal_bucket
+    if not isinstance(store, S3ObjectStore):
+        pytest.skip("only S3 has multipart uploads")
+    key = f"nclue/{nclue.account_id}/features/f1/a1-0123456789/part-00000.parquet"
+    upload = store.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+    store.fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * 1024)
+    assert [(k, u) for k, u, _ in store.incomplete_uploads(bucket)] == [(key, upload)]
+
+    young = run_fsck(svc, repair=True)  # within the default grace period of an hour
+    assert young.clean and young.skipped_in_flight >= 1 and not young.of("orphan"), young.render()
+    assert [u for _, u, _ in store.incomplete_uploads(bucket)] == [upload]
+
+    report = run_fsck(svc, repair=True, grace_seconds=0)
+    assert [(f.code, f.key, f.repaired) for f in report.of("orphan")] == [("incomplete-upload", key, True)], report.render()
+    assert "incomplete-upload" in report.render()
+    assert list(store.incomplete_uploads(bucket)) == [] and run_fsck(svc, grace_seconds=0).clean

@@ -22,7 +22,8 @@ Three kinds of finding:
 * orphan: an object no row references. Classified as `dead-attempt` (an attempt folder of a resource
   that exists, left by a worker that died or lost its lease: the engine's on_abort normally removes
   it, the next attempt or the claim of the dead job too), `temporary` (a hidden `.tmp-` file of a
-  local-store write that was killed), `deleted-resource` (the owning row is gone: a delete whose
+  local-store write that was killed), `incomplete-upload` (an S3 multipart upload of the internal
+  bucket never completed: its writer was killed; --repair aborts it), `deleted-resource` (the owning row is gone: a delete whose
   object removal failed) or `unknown` (outside every layout). All are safe to delete; `--repair`
   deletes those older than a grace period (default 1 h), never a referenced object.
 * dangling: a row of a completed/successful resource whose objects are missing or incomplete
@@ -69,7 +70,7 @@ BUILTIN_SOURCE = "panels/builtin-source"
 @dataclass
 class Finding:
     kind: str  # orphan | dangling | status
-    code: str  # orphan: dead-attempt | temporary | deleted-resource | unknown; dangling: missing-object | incomplete; status: status-mismatch
+    code: str  # orphan: dead-attempt | temporary | incomplete-upload | deleted-resource | unknown; dangling: missing-object | incomplete; status: status-mismatch
     detail: str
     key: str | None = None
     resource: str | None = None
@@ -544,6 +545,19 @@ class Fsck:
                     self.store._guard(lambda b=bucket, k=key: self.store.fs.rm_file(self.store.path(b, k)))
                     f.repaired = True
 
+    # -- pass 4: multipart uploads never completed (S3: writers killed mid-upload) --------------
+    def _check_uploads(self, r: Report, started: float, repair: bool, grace_seconds: float) -> None:
+        # The internal bucket only: customers' buckets may hold other applications' uploads in flight.
+        for key, upload_id, initiated in self.store.incomplete_uploads(self.bucket):
+            if initiated is None or started - initiated < grace_seconds:
+                r.skipped_in_flight += 1  # may be a write in flight (a multipart upload has no writer tag)
+                continue
+            f = Finding("orphan", "incomplete-upload", f"multipart upload {upload_id} never completed (its writer was killed)", key=key, age_s=round(started - initiated, 1))
+            r.findings.append(f)
+            if repair:
+                self.store.abort_upload(self.bucket, key, upload_id)
+                f.repaired = True
+
     # -- the check ------------------------------------------------------------------------------
     def run(self, repair: bool = False, grace_seconds: float = 3600.0) -> Report:
         r = Report(self.bucket)
@@ -551,6 +565,7 @@ class Fsck:
         self._check_metadata(r)
         self._check_objects(r, started, repair, grace_seconds)
         self._check_other_buckets(r, started, repair, grace_seconds)
+        self._check_uploads(r, started, repair, grace_seconds)
         if repair:
             young = [f for f in r.of("orphan") if not f.repaired]
             if young:

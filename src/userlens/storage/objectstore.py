@@ -265,6 +265,15 @@ class ObjectStore:
         has any: an S3 upload is invisible until it completes."""
         return iter(())
 
+    def incomplete_uploads(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, str, float | None]]:
+        """(key, upload id, start time) of the multipart uploads under a prefix that were neither
+        completed nor aborted. Only S3 has any: a writer killed mid-upload leaves one (its parts
+        take space but no reader sees them); so does a write in flight, until it completes."""
+        return iter(())
+
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        raise NotImplementedError
+
     def remove_stale_temporaries(self, bucket: str, prefix: str = "", grace_seconds: float = TEMP_GRACE_SECONDS) -> list[str]:
         """Deletes the stale temporaries (see temporary_is_stale) under a prefix; returns their keys."""
         gone = []
@@ -495,6 +504,20 @@ class S3ObjectStore(ObjectStore):
             token = out.get("NextContinuationToken")
             if not out.get("IsTruncated") or not token:
                 return False
+
+    def incomplete_uploads(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, str, float | None]]:
+        kw = {"Bucket": check_bucket(bucket), "Prefix": check_key(prefix)}
+        while True:  # pages of at most 1,000 uploads (ListMultipartUploads)
+            out = self._guard(lambda kw=dict(kw): self.fs.call_s3("list_multipart_uploads", **kw))
+            for u in out.get("Uploads", []):
+                started = u.get("Initiated")
+                yield u["Key"], u["UploadId"], started.timestamp() if started is not None else None
+            if not out.get("IsTruncated") or not out.get("NextKeyMarker"):
+                return
+            kw["KeyMarker"], kw["UploadIdMarker"] = out["NextKeyMarker"], out.get("NextUploadIdMarker", "")
+
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        self._guard(lambda: self.fs.call_s3("abort_multipart_upload", Bucket=check_bucket(bucket), Key=check_object_key(key), UploadId=upload_id))
 
     @contextmanager
     def open_write(self, bucket: str, key: str) -> Iterator[IO[bytes]]:
