@@ -281,3 +281,16 @@ def test_cancel_queued_and_running(aep, people, monkeypatch):
     left = [o.key for o in svc.store.list(svc.settings.internal_bucket, "aep/") if f"/{bid}/" in o.key]
     assert left == []  # the attempt's partial files are removed
     assert c.request("DELETE", f"{EXP}/{running['id']}").status_code == 204  # again: nothing changes
+
+
+def test_a_write_error_is_classified_once():
+    """A chunk's full-disk error reaches the job already as 0090000009: not wrapped again."""
+    import errno
+
+    from userlens.jobs.engine import TransientJobError
+    from userlens.profiles.export import write_error
+
+    first = write_error(OSError(errno.ENOSPC, "No space left on device"), "lake/b/a1")
+    assert isinstance(first, TransientJobError) and first.code == "0090000009" and "No space left" in first.detail
+    assert write_error(first, "lake/b/a1") is None
+    assert write_error(ValueError("a bug"), "lake/b/a1") is None

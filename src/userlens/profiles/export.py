@@ -443,7 +443,10 @@ class LakeChunkJob:
 
 
 def write_error(exc: BaseException, prefix: str) -> TransientJobError | None:
-    """Parquet writes go straight to the open object: a full disk arrives as a bare OSError."""
+    """Parquet writes go straight to the open object: a full disk arrives as a bare OSError. An error
+    a chunk already classified is left as it is (not wrapped a second time by the job)."""
+    if isinstance(exc, (TransientJobError, JobFailure)):
+        return None
     if isinstance(exc, ObjectStoreError) or is_full(exc):
         return TransientJobError("0090000009", f"Error writing profiles to output path '{prefix}': {exc}")
     return None
