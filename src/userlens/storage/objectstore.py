@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -335,6 +336,10 @@ class LocalObjectStore(ObjectStore):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.fs = fsspec.filesystem("file")
+        # Per folder this process wrote to: the temporaries found there at its first write, by the name
+        # of the object they were writing (see _sweep_temporaries_of).
+        self._temporaries_seen: dict[Path, dict[str, list[str]]] = {}
+        self._temporaries_lock = threading.Lock()
 
     def path(self, bucket: str, key: str = "") -> str:
         check_bucket(bucket)
@@ -373,18 +378,33 @@ class LocalObjectStore(ObjectStore):
 
     def _sweep_temporaries_of(self, folder: Path, final_name: str) -> None:
         """After a write of `final_name` succeeded: removes stale temporaries of earlier writes of the
-        same object in its folder (a killed attempt's; the retry that just succeeded replaces it)."""
+        same object in its folder (a killed attempt's; the retry that just succeeded replaces it).
+        The folder is listed once per process, at its first write there, not at every write (that
+        made a folder of n objects cost n^2): a writer killed later is another process, whose own
+        retry lists the folder again; fsck finds the rest."""
+        with self._temporaries_lock:
+            seen = self._temporaries_seen.get(folder)
+        if seen is None:
+            seen = {}
+            try:
+                for e in os.scandir(folder):
+                    if (m := _TEMP_NAME.match(e.name)) is not None:
+                        seen.setdefault(m.group(1), []).append(e.name)
+            except OSError:
+                return
+            with self._temporaries_lock:
+                if len(self._temporaries_seen) >= 4096:  # bounded: folders of old attempts are not written again
+                    self._temporaries_seen.clear()
+                self._temporaries_seen[folder] = seen
+        with self._temporaries_lock:
+            names = seen.pop(final_name, [])
         now = time.time()
-        try:
-            names = [e.name for e in os.scandir(folder) if e.name.startswith(TEMP_PREFIX)]
-        except OSError:
-            return
-        for name in (n for n in names if (m := _TEMP_NAME.match(n)) and m.group(1) == final_name):
+        for name in names:
             path = folder / name
             try:
                 if temporary_is_stale(name, path.stat().st_mtime, now):
                     path.unlink()
-            except OSError:  # gone meanwhile, or not ours to remove: the next sweep or fsck sees it
+            except OSError:  # gone meanwhile, or not ours to remove: fsck sees it
                 pass
 
     def _has_objects_under(self, bucket: str, key: str) -> bool:
