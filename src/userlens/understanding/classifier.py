@@ -23,7 +23,9 @@ the end; `predict_proba` is a few NumPy operations.
 *Scoring stored vectors* (`predict_block`, what Runs use): the vectors are int8 with a per-user
 scale, so the first layer is an int8 x int8 -> int32 product (ONNX Runtime's MatMulInteger, whose
 MLAS kernels use AVX512-VNNI/AVX-VNNI dot products where the CPU has them) on first-layer weights
-quantised per output column (symmetric, 127 steps of max|column|). It is ~3x faster than the
+quantised per output column (symmetric, 127 steps of max|column|). On CPUs without VNNI that
+kernel saturates int16 sums (found by a probe when the session is built) and Runs take the float
+path instead. It is ~3x faster than the
 float32 product of the decoded block (bench/task_speed.py), the first layer being most of a Run's
 arithmetic. The weights' rounding moves scores about as much as storing the vectors as int8 already
 did: on bench/task_speed.py's data (100k test users, the MLP) mean |diff| 0.004, max 0.09 (the
@@ -63,7 +65,7 @@ class Classifier:
     layers: list[tuple[np.ndarray, np.ndarray]]
     params: dict = field(default_factory=dict)
     _folded: list | None = field(default=None, init=False, repr=False, compare=False)
-    _int8: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _int8: tuple | bool | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -90,10 +92,11 @@ class Classifier:
         (v = q * scale per user) go through the first layer as q, int8 x int8 -> int32, and the
         weights' and users' scales are applied to its outputs: (q * s) @ (Wq * w) = s * (q @ Wq) * w."""
         quantized = block.quantized()
-        if quantized is None:
+        int8 = self._int8_first_layer() if quantized is not None else None
+        if int8 is None:  # float vectors, or a CPU whose int8 kernel is not exact
             return self.predict_proba(block.matrix())
         q, scale = quantized
-        session, step, bias = self._int8_first_layer()
+        session, step, bias = int8
         # The int8 kernels take the left operand as uint8 with a zero point: q + 128 (an xor of the
         # sign bit), written into a buffer kept per thread so blocks do not page fresh memory in.
         buf = getattr(_SHIFTED, "buf", None)
@@ -110,7 +113,10 @@ class Classifier:
         """(ONNX Runtime session computing (a - 128) @ Wq as int32, step per column, bias), built
         once; W ≈ Wq * step with Wq int8 in [-127, 127]. The bias takes out the rounding's error on
         the average user, mean @ (Wq * step - W): vectors are far from centred (|mean| is about half
-        of a user's norm), and this cuts the score error by 10-20%."""
+        of a user's norm), and this cuts the score error by 10-20%. None where this CPU's kernel is
+        not exact (below): the caller takes the float path."""
+        if self._int8 is False:
+            return None
         if self._int8 is None:
             import onnxruntime as ort
 
@@ -118,12 +124,23 @@ class Classifier:
             peak = np.abs(W).max(axis=0)
             step = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
             Wq = np.rint(W / step).astype(np.int8)
-            bias = (self.folded_layers()[0][1] - self.mean @ (Wq * step - W)).astype(np.float32)
             options = ort.SessionOptions()
             # One thread per call: a Run already scores one block per core on its own threads.
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             options.log_severity_level = 3
-            self._int8 = (ort.InferenceSession(_matmul_integer_model(Wq), options, providers=["CPUExecutionProvider"]), step, bias)
+            session = ort.InferenceSession(_matmul_integer_model(Wq), options, providers=["CPUExecutionProvider"])
+            # Without VNNI (AVX2, AVX-512F) the u8 x s8 kernels add pairs of products in int16 with
+            # saturation: 255 * 127 * 2 overflows it, and scores go wrong (by 0.05 on an AVX2 EPYC).
+            # All-255 input is every pair's worst case, so one probe row tells whether this CPU's
+            # kernel is exact for these weights. Where it is not, Runs take the float path: 7-bit
+            # weights (ONNX Runtime's reduce_range) moved scores twice as much as int8 storage does,
+            # and the signed s8 x s8 kernel, exact there, was 4x slower than the float product.
+            probe = session.run(None, {"q": np.full((1, W.shape[0]), 255, np.uint8)})[0]
+            if not np.array_equal(probe[0], 127 * Wq.astype(np.int64).sum(axis=0)):
+                self._int8 = False
+                return None
+            bias = (self.folded_layers()[0][1] - self.mean @ (Wq * step - W)).astype(np.float32)
+            self._int8 = (session, step, bias)
         return self._int8
 
     def __getstate__(self):  # the caches (an ONNX Runtime session among them) are rebuilt where used
