@@ -16,6 +16,8 @@ the job records which folder is the published one):
                                                                   exported batches), and
                                                                   aep_store_loads.lake_prefix + event
                                                                   groups' part numbers
+  aep/{org}/{sandbox}/lake-plans/{job}/{attempt}/...              aep_lake_plans current/retired
+                                                                  (lake export plans)
 
 Three kinds of finding:
 
@@ -432,8 +434,11 @@ class Fsck:
         ancestors = {a for k in keys for a in _ancestors(k)}
         nclue_ids: dict[str, set[str]] = {}
         batch_ids: set[str] = set()
+        plan_jobs: dict[str, str] = {}  # lake-plan folder of a job -> job id
         for k in keys:
             parts = k.split("/")
+            if parts[0] == "aep" and len(parts) >= 7 and parts[3] == "lake-plans":
+                plan_jobs["/".join(parts[:5])] = parts[4]
             if parts[0] == "nclue" and len(parts) >= 5 and parts[2] in NCLUE_FOLDERS:
                 nclue_ids.setdefault(parts[2], set()).add(parts[3])
             elif parts[0] == "aep" and len(parts) >= 5 and parts[3] == "uploads":
@@ -489,6 +494,14 @@ class Fsck:
                         keys_ref.add(part["key"])
                         if part.get("pkeys"):
                             keys_ref.add(part["pkeys"])
+        # Lake plans (profiles/lakeplan.py): the installed and retired ones are referenced; those of
+        # running exports are in flight.
+        if plan_jobs:
+            from userlens.profiles import lakeplan
+
+            prefixes.update(lakeplan.referenced(s, sorted({f.split("/")[2] for f in plan_jobs})))
+            jobs = self._jobs(s, set(plan_jobs.values()))
+            protected.update(f for f, jid in plan_jobs.items() if jid in jobs and jobs[jid].status in ACTIVE_WORDS)
         # Lake folders of batches with no row yet (or any more) may be an export's: running ones are
         # protected; the others name the export in the finding.
         for folder, (name, active) in self._export_folders(s, batch_ids - found, active_only=False).items():
@@ -616,6 +629,8 @@ class Fsck:
             return "deleted-resource", f"{NCLUE_FOLDERS[parts[2]]} {parts[3]} no longer exists"
         if parts[0] == "panels" and len(parts) >= 3:
             return "deleted-resource", f"panel {parts[1]} no longer exists"
+        if parts[0] == "aep" and len(parts) >= 7 and parts[3] == "lake-plans":
+            return "dead-attempt", f"lake plan of attempt {parts[5]} of export job {parts[4]} that was neither installed nor removed"
         if parts[0] == "aep" and len(parts) >= 5 and parts[3] in ("uploads", "lake"):
             if parts[3] == "uploads":
                 root = "/".join(parts[:5])

@@ -12,8 +12,10 @@ an attempt that ends without publishing removes its folder (``on_abort``).
 
 Where it runs: without segments, events or memberships (identity graph ``pdg``) the records are read
 from the lake in chunks of the services' executor (``export_lake_chunk``: local threads, or Ray tasks
-that read and write the object store themselves; ``scan.LakeExport``); the job keeps the state,
-progress, the SQL scan of merged profiles and the publication. A chunk writes its own parts
+that read and write the object store themselves; ``scan.LakeExport``), guided by the sandbox's lake
+plan (``lakeplan``: built by the first such export after the graph changes, reused by the next); the
+job keeps the state, progress, the SQL scan of merged profiles and the publication. An attempt that
+ends without publishing also removes the lake plan it built unless it installed it (``on_abort``). A chunk writes its own parts
 (``part-{chunk}.parquet``, ``part-{chunk}-{n}.parquet`` when the schema changes); the SQL scan's
 parts are numbered after the chunks'. Other exports scan SQL in the job's thread.
 
@@ -62,11 +64,13 @@ from userlens.jobs.engine import JobContext, JobFailure, JobQueue, JobRegistry, 
 from userlens.jobs.models import Job, JobStatus
 from userlens.orgs.service import Tenant
 from userlens.profiles.catalog import new_ulid, now_ms
+from userlens.profiles import lakeplan
 from userlens.profiles.ingest import sandbox_root
+from userlens.profiles.lakeplan import plan_folder
 from userlens.profiles.merge import BUILTIN, MergePolicyService
 from userlens.profiles.models import Batch, Dataset
 from userlens.jobs.executor import LocalExecutor
-from userlens.profiles.scan import LakeChunk, LakeExport, ProfileScan, ScanPage, attributes_table, identity_columns, json_table, lake_chunk_pages
+from userlens.profiles.scan import LakeChunk, LakeExport, ProfileScan, ScanPage, attributes_table, identity_columns, json_table, lake_chunk_pages, namespace_counts
 from userlens.profiles.segments import SegmentDefinition, SegmentService, iso
 from userlens.profiles.store import ProfileStore
 from userlens.profiles.xdm import parse_timestamp_ms
@@ -388,23 +392,7 @@ class _Counters:
             self.by_ns[code] = self.by_ns.get(code, 0) + n
 
     def add(self, page: ScanPage) -> None:
-        self.profiles += len(page)
-        flat = pc.list_flatten(page.members)
-        if not len(flat):
-            return
-        row = np.repeat(np.arange(len(page), dtype=np.int64), np.diff(page.members.offsets.to_numpy()))
-        ns = pc.list_element(pc.split_pattern(flat, ":", max_splits=1), 0).dictionary_encode()
-        k = len(ns.dictionary)
-        pair = row * k + ns.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        if len(page) * k <= 1 << 24:  # each (profile, namespace) once: a presence table (no sort)
-            seen = np.zeros(len(page) * k, bool)
-            seen[pair] = True
-            per_ns = seen.reshape(len(page), k).sum(0)
-        else:
-            per_ns = np.bincount(np.unique(pair) % k, minlength=k)
-        for code, n in zip(ns.dictionary.to_pylist(), per_ns.tolist()):
-            if n:
-                self.by_ns[code] = self.by_ns.get(code, 0) + n
+        self.merge(len(page), namespace_counts(page.members, np.zeros(len(page), np.int64), 1)[0])
 
 
 def _has_empty_struct(t: pa.DataType) -> bool:
@@ -457,11 +445,11 @@ def export_lake_chunk(store: ObjectStore, job: LakeChunkJob, chunk: LakeChunk) -
     (``scan.lake_chunk_pages``) as rows of the request, written as the batch's parts numbered from
     the chunk's. Returns the parts and counters for the job."""
     w = _BatchWriter(store, job.bucket, job.prefix, first=chunk.index)
-    counters = _Counters()
+    profiles = 0
     try:
-        for page in lake_chunk_pages(store, job.bucket, chunk, job.schema):
+        for page in lake_chunk_pages(store, job.bucket, chunk, job.schema, ids=job.want_ids):
             w.write(ExportService._rows(None, page, job.req, job.want_ids, False))
-            counters.add(page)
+            profiles += len(page)
         w.close()
     except BaseException as exc:
         w.abort()
@@ -469,7 +457,7 @@ def export_lake_chunk(store: ObjectStore, job: LakeChunkJob, chunk: LakeChunk) -
         if err is not None:
             raise err from exc
         raise
-    return {"parts": w.parts, "records": w.records, "profiles": counters.profiles, "by_ns": counters.by_ns, "write_s": w.write_s}
+    return {"parts": w.parts, "records": w.records, "profiles": profiles, "by_ns": dict(chunk.by_ns), "write_s": w.write_s}
 
 
 class ExportService:
@@ -586,6 +574,11 @@ class ExportService:
             return
         for bid in ctx.payload.get("batch_ids") or []:
             self.objects.delete_prefix(self.bucket, f"{lake_folder(r.org_id, r.sandbox_id, ctx.payload['dataset_id'], bid)}/{ctx.attempt_tag}")
+        plan = plan_folder(r.org_id, r.sandbox_id, ctx.job_id, ctx.attempt_tag)
+        with self.db.session() as s:
+            installed = plan in lakeplan.referenced(s, [r.sandbox_id])
+        if not installed:  # a lake plan the attempt built and did not install (an installed one serves later exports)
+            self.objects.delete_prefix(self.bucket, plan)
 
     def run_job(self, ctx: JobContext) -> Outcome:
         eid = ctx.payload["export_id"]
@@ -616,7 +609,10 @@ class ExportService:
         lake = None
         if not (req.segments or req.event_list or req.empty_profiles or want_membership):
             # Records read from the lake in executor chunks; graphs with several fragments from SQL (scan.LakeExport).
-            lake = LakeExport.open(self.store, self.objects, self.bucket, sandbox_id, policy, columns=sorted({p[0] for p in out_fields}) if out_fields else None, from_ingest_ms=req.from_ingest, check=ctx.check)
+            lake = LakeExport.open(
+                self.store, self.objects, self.bucket, sandbox_id, policy, columns=sorted({p[0] for p in out_fields}) if out_fields else None, from_ingest_ms=req.from_ingest,
+                folder=plan_folder(org_id, sandbox_id, ctx.job_id, ctx.attempt_tag), check=ctx.check,
+            )
         batch_ids = _batch_ids(dest)
         seg_of_batch = [b["segmentId"] for b in dest["batches"]] if "batches" in dest else [None]
         prefixes = [f"{lake_folder(org_id, sandbox_id, dest['datasetId'], bid)}/{ctx.attempt_tag}" for bid in batch_ids]
@@ -627,9 +623,8 @@ class ExportService:
         chunk_write_s = 0.0
         first_part = 0
         if lake is not None:
-            stage = f"{prefixes[0]}/stage"  # the chunks' graph snapshots (never published)
             try:
-                chunks = lake.chunks(stage, ctx.check)
+                chunks = lake.chunks()
                 first_part = len(chunks)
 
                 def on_result(i: int, r: dict) -> None:
@@ -643,7 +638,6 @@ class ExportService:
 
                 executor = getattr(ctx.services, "executor", None) or self.local
                 executor.map(ctx, export_lake_chunk, chunks, shared=LakeChunkJob(self.bucket, prefixes[0], lake.attr_schema, req, want_ids), on_result=on_result)
-                self.objects.delete_prefix(self.bucket, stage)
             except BaseException as exc:
                 err = write_error(exc, prefixes[0])
                 if err is not None:

@@ -115,6 +115,20 @@ class Identity(Base):
     __table_args__ = (Index("ix_aep_identities_xid", "sandbox_id", "xid", "ikey"),)  # covering (migration a003): scans and graph reads by xid
 
 
+class LakePlanState(Base):
+    """Per sandbox: the identity graph's version and the lake export plan built for it
+    (``profiles/lakeplan.py``). Every transaction that rewrites the graph (``ProfileStore.graph_lock``)
+    adds one to `graph_version`; a plan whose version and load fingerprint are the current ones
+    serves exports without reading the graph."""
+
+    __tablename__ = "aep_lake_plans"
+
+    sandbox_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    graph_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    current: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, doc="{prefix, version, loads}: the plan exports use")
+    retired: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True, doc="[{prefix, at_ms}]: replaced plans, kept a while for exports still reading them")
+
+
 class StoreLoad(Base):
     """One attempt of one batch at feeding the profile store (the unit of visibility and deletion).
 

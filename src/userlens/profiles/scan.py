@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from userlens.profiles.merge import Policy, merge_fragments
 from userlens.profiles.store import ProfileStore, _Group, ikeys_of
 from userlens.profiles.xdm import MAX_GRAPH_IDENTITIES, native_xids
-from userlens.storage.objectstore import LocalObjectStore
+from userlens.storage.objectstore import LocalObjectStore, ObjectStoreError
 
 PAGE = 100_000  # identities per page: bounds the scan's memory (two pages in flight)
 _END = object()
@@ -153,6 +153,7 @@ class ScanPage:
     groups: EventGroups | None = None  # the profiles' event groups (when events were asked)
     memberships: list[dict] | None = None  # {segmentId: (status, qual_ms, version)} per profile
     table: pa.Table | None = None  # the merged attributes already typed (LakeExport), instead of `attrs`
+    ids: tuple[pa.Array, pa.Array] | None = None  # (identities, identityMap) already built (a lake plan), instead of members/primary
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -160,10 +161,12 @@ class ScanPage:
     def take(self, idx: np.ndarray) -> "ScanPage":
         ia = pa.array(idx, pa.int64())
         return ScanPage(
-            self.keys.take(ia), self.attrs.take(ia) if self.attrs is not None else None, self.members.take(ia), self.primary.take(ia), self.has_record[idx], self.last_ms[idx],
+            self.keys.take(ia), self.attrs.take(ia) if self.attrs is not None else None, self.members.take(ia) if self.members is not None else None,
+            self.primary.take(ia) if self.primary is not None else None, self.has_record[idx], self.last_ms[idx],
             self.groups.take(idx) if self.groups is not None else None,
             [self.memberships[i] for i in idx] if self.memberships is not None else None,
             None if self.table is None else self.table.take(ia) if self.table.num_columns else _no_columns(len(idx)),
+            None if self.ids is None else (self.ids[0].take(ia), self.ids[1].take(ia)),
         )
 
 
@@ -594,15 +597,17 @@ class LakeSlice:
 
 @dataclass(frozen=True)
 class LakeChunk:
-    """An executor chunk of a lake export: slices of record parts, and its share of the job's
-    answer, written by the job in no order: `rows`, Parquet files of the rows it exports (slice
-    number, row in the slice, graph number, XID, primary identity), and `ids`, of the identities of
-    their graphs (graph number, identity)."""
+    """An executor chunk of a lake export: consecutive slices of record parts; `rows`, the plan's
+    files of its rows that the lake can export (slice number, row in the slice, XID, primary
+    identity, graph members: the rows whose graph has exactly one live record fragment); `keep`, the
+    slices this export takes (the others are older than fromIngestTimestamp, or the policy merges
+    their datasets' rows in SQL)."""
 
     index: int
     slices: tuple[LakeSlice, ...]
     rows: tuple[str, ...]
-    ids: tuple[str, ...]
+    keep: tuple[int, ...]
+    by_ns: tuple[tuple[str, int], ...] = ()  # profiles per namespace in the kept slices
 
 
 class LakeExport:
@@ -611,22 +616,25 @@ class LakeExport:
     tasks, ``export.export_lake_chunk``).
 
     Every record part of an ingested batch has a sidecar with each row's primary identity
-    (``ingest.pkeys_key``). The job (``open``) takes, in one read snapshot, the sandbox's visible
-    record loads, their parts, the number of live fragments of each load and the identity graph
-    (ikey -> XID); then a DuckDB of the job (memory-capped, spilling to a temporary folder) joins
-    the sidecars only (one string column, not the records) to the graph to find which rows to export:
-    a graph with exactly one live record fragment (the usual case) is exported from its lake row,
-    typed as the batch stored it, its members and primary flags from the graph. Graphs with several
-    fragments, or one the policy must look at (a dataset outside a dataSetPrecedence order), are
-    left to the SQL path (``rest``: ``ProfileScan`` over their XIDs), which merges them. A load that
-    lost fragments since ingestion (a profile deleted with ``DELETE /access/entities``) keeps only
-    its rows whose primary identity still has fragments. Loads hidden by a delete request are not
-    read. ``chunks`` cuts the parts into chunks of CHUNK_ROWS rows and writes each chunk's slice of the answer (row -> XID, members,
-    primary flags) to the object store: a chunk reads its part rows and its slice, takes the
-    exported rows by position and needs no database. So the job's memory is the DuckDB cap, a
-    chunk's is its rows, and the chunks run in parallel. ``open`` returns None when the lake cannot
-    serve the export (a part without sidecar, rows kept as JSON text, types that do not unify): the
-    caller then scans SQL as before."""
+    (``ingest.pkeys_key``). A graph with exactly one live record fragment (the usual case) is
+    exported from its lake row, typed as the batch stored it, its members and primary flags from the
+    graph. Graphs with several fragments, or one the policy must look at (a dataset outside a
+    dataSetPrecedence order), are left to the SQL path (``rest``: ``ProfileScan`` over their XIDs),
+    which merges them. A load that lost fragments since ingestion (a profile deleted with
+    ``DELETE /access/entities``) keeps only its rows whose primary identity still has fragments.
+    Loads hidden by a delete request are not read.
+
+    Which rows go which way is the sandbox's *lake plan* (``profiles/lakeplan.py``), the same for
+    every export request: the job (``open``) reads, in one read snapshot, the sandbox's visible
+    loads and the graph's version; if the installed plan is current it is used as it is (no graph
+    read). Otherwise the job builds one (``_build``): it reads the identity graph (ikey -> XID),
+    and a DuckDB of the job (memory-capped, spilling to a temporary folder) joins the sidecars only
+    (one string column, not the records) to the graph, cuts the parts into chunks of CHUNK_ROWS
+    rows and writes each chunk's rows (row -> XID, members) to the object store, then installs the
+    plan. A chunk reads its part rows and its plan rows, takes the exported rows by position and
+    needs no database. So the job's memory is the DuckDB cap, a chunk's is its rows, and the chunks
+    run in parallel. ``open`` returns None when the lake cannot serve the export (a part without
+    sidecar, rows kept as JSON text, types that do not unify): the caller then scans SQL as before."""
 
     BATCH_ROWS = 50_000  # rows per page a chunk hands to the export (bounds a chunk's memory)
     CHUNK_ROWS = 50_000  # rows of record parts per chunk (20 chunks for a million profiles)
@@ -641,9 +649,14 @@ class LakeExport:
         self.attr_cols: list[str] = []
         self.attr_schema = pa.schema([])
         self._rest: pa.Array | None = None
+        self._chunks: list[LakeChunk] = []
+        self.plan: str | None = None  # the plan's folder
+        self.built = False  # this export built the plan (it found none current)
+        self._private = False  # built, not installed (the graph changed meanwhile): removed by close()
 
     @classmethod
-    def open(cls, store: ProfileStore, objects, bucket: str, sandbox_id: str, policy: Policy, *, columns: list[str] | None, from_ingest_ms: int | None, check=None) -> "LakeExport | None":
+    def open(cls, store: ProfileStore, objects, bucket: str, sandbox_id: str, policy: Policy, *, columns: list[str] | None, from_ingest_ms: int | None, folder: str, check=None) -> "LakeExport | None":
+        """`folder`: where this export attempt writes a plan if it must build one."""
         if policy.identity_graph != "pdg":
             return None
         try:
@@ -652,7 +665,7 @@ class LakeExport:
             return None
         lx = cls(store, objects, bucket, sandbox_id, policy, columns=columns, from_ingest_ms=from_ingest_ms)
         try:
-            if lx._plan(check or (lambda: None)):
+            if lx._prepare(folder, check or (lambda: None)):
                 return lx
         except BaseException:
             lx.close()
@@ -663,98 +676,219 @@ class LakeExport:
     def _path(self, key: str) -> str:
         return lake_path(self.objects, self.bucket, key)
 
-    def _plan(self, check) -> bool:
-        import tempfile
-
-        import duckdb
-
+    def _prepare(self, folder: str, check) -> bool:
+        from userlens.profiles import lakeplan
         from userlens.profiles.store import _one_snapshot
 
         db = self.store.db
         with db.session() as s:
             _one_snapshot(s, db)
-            rows = self.store._rows(
-                s,
-                "SELECT l.id, l.dataset_id, l.ingest_ms, l.behaviour, l.lake_prefix, d.profile_enabled, b.lake_files FROM aep_store_loads l JOIN aep_datasets d ON d.id = l.dataset_id JOIN aep_batches b ON b.id = l.batch_id WHERE l.sandbox_id = ? AND l.visible ORDER BY l.id",
-                (self.sandbox_id,),
-            )
-            loads = []  # (load id, dataset, ingest ms, [(part key, pkeys key, records)])
-            for lid, ds, ing, behaviour, prefix, enabled, files in rows:
-                if not enabled or behaviour != "record":
-                    continue
-                files = json.loads(files) if isinstance(files, str) else (files or [])
-                parts = [(f["key"], f.get("pkeys"), int(f["records"])) for f in files if prefix and f["key"].startswith(prefix + "/")]
-                if any(pk is None for _, pk, _ in parts):
-                    return False  # ingested before parts had sidecars
-                loads.append((int(lid), ds, int(ing), parts))
-            live: dict[int, int] = {}
-            for chunk in [loads[i : i + 500] for i in range(0, len(loads), 500)]:
-                ids = [x[0] for x in chunk]
-                live.update((int(a), int(b)) for a, b in self.store._rows(s, f"SELECT load_id, COUNT(*) FROM aep_fragments WHERE load_id IN ({', '.join('?' * len(ids))}) GROUP BY load_id", tuple(ids)))
-            if any(live.get(lid, 0) > sum(n for _, _, n in parts) for lid, _, _, parts in loads):
-                return False  # fragments the lake parts do not hold (e.g. migrated from the a001 layout)
-            self._tmp = tempfile.mkdtemp(prefix="ul-export-")
-            self.con = con = duckdb.connect(config={"memory_limit": self.MEMORY, "temp_directory": self._tmp, "threads": 2, "preserve_insertion_order": False})
-            if not isinstance(self.objects, LocalObjectStore):
-                con.register_filesystem(self.objects.fs)
-            # The graph: ids (graph number, identity) and xids (graph number, XID), from the xid
-            # index's order (numbers, not XIDs, in the joins: a smaller working set for DuckDB).
-            con.execute("CREATE TABLE ids (gix BIGINT, ikey VARCHAR)")
-            con.execute("CREATE TABLE xids (gix BIGINT, xid VARCHAR)")
-            gix = 0
-            for xid, ikey in self._graph_pages(s):
-                check()
-                n = len(xid)
-                start = np.ones(n, bool)
-                start[1:] = pc.not_equal(xid.slice(1), xid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-                starts = np.flatnonzero(start)
-                _insert(con, "ids", pa.table({"gix": pa.array(np.cumsum(start) - 1 + gix), "ikey": ikey}))
-                _insert(con, "xids", pa.table({"gix": pa.array(np.arange(gix, gix + len(starts))), "xid": xid.take(pa.array(starts))}))
-                gix += len(starts)
-            # Loads that lost fragments after ingestion (a deleted profile): their live primary identities.
-            con.execute("CREATE TABLE live (load BIGINT, pkey VARCHAR)")
-            for lid, _, _, parts in loads:
-                if live.get(lid, 0) != sum(n for _, _, n in parts):
-                    for batch in self.store._batches(s, "SELECT DISTINCT pkey FROM aep_fragments WHERE load_id = ?", (lid,), size=100_000):
-                        _insert(con, "live", pa.table({"load": pa.array([lid] * len(batch), pa.int64()), "pkey": pa.array([r[0] for r in batch], pa.string())}))
-            partial = {lid for lid, _, _, parts in loads if live.get(lid, 0) != sum(n for _, _, n in parts)}
-        direct_ds = None if self.policy.attribute_merge != "dataSetPrecedence" else set(self.policy.order)
-        # pt: the record parts (number, load, ingestion time, whether the policy takes the row as is).
-        pt = [(key, pk, n, lid, ing, direct_ds is None or ds in direct_ds) for lid, ds, ing, parts in loads for key, pk, n in parts if n]
-        self._parts = pt
+            found = self._loads(s)
+            if found is None:
+                return False
+            loads, live, fp = found
+            version, current = lakeplan.state(s, self.sandbox_id)
+            manifest = None
+            if current is not None and int(current["version"]) == version and current["loads"] == fp:
+                try:
+                    manifest, schema = lakeplan.read_manifest(self.objects, self.bucket, current["prefix"])
+                    self.plan = current["prefix"]
+                except (OSError, ObjectStoreError):  # removed behind the database's back (fsck --repair): build anew
+                    manifest = None
+            if manifest is None:
+                built = self._build(s, loads, live, folder, check)
+                if built is None:
+                    return False
+                manifest, schema = built
+                self.plan, self.built = folder, True
+        if self.built:
+            self._private = True  # until installed (an install that raises leaves it to close())
+            self._private = not lakeplan.install(db, self.objects, self.bucket, self.sandbox_id, {"prefix": folder, "version": version, "loads": fp})
+        self._use(manifest, schema)
+        return True
+
+    def _loads(self, s) -> tuple[list, dict[int, int], str] | None:
+        """The sandbox's visible record loads of Profile-enabled datasets (load id, dataset, ingest
+        ms, [(part key, sidecar key, records)]), their live fragment counts and the fingerprint of
+        every visible load; None when the lake cannot serve exports."""
+        from userlens.profiles import lakeplan
+
+        rows = self.store._rows(
+            s,
+            "SELECT l.id, l.dataset_id, l.ingest_ms, l.behaviour, l.lake_prefix, d.profile_enabled, b.lake_files FROM aep_store_loads l JOIN aep_datasets d ON d.id = l.dataset_id JOIN aep_batches b ON b.id = l.batch_id WHERE l.sandbox_id = ? AND l.visible ORDER BY l.id",
+            (self.sandbox_id,),
+        )
+        loads = []
+        for lid, ds, ing, behaviour, prefix, enabled, files in rows:
+            if not enabled or behaviour != "record":
+                continue
+            files = json.loads(files) if isinstance(files, str) else (files or [])
+            parts = [(f["key"], f.get("pkeys"), int(f["records"])) for f in files if prefix and f["key"].startswith(prefix + "/")]
+            if any(pk is None for _, pk, _ in parts):
+                return None  # ingested before parts had sidecars
+            loads.append((int(lid), ds, int(ing), parts))
+        live: dict[int, int] = {}
+        for chunk in [loads[i : i + 500] for i in range(0, len(loads), 500)]:
+            ids = [x[0] for x in chunk]
+            live.update((int(a), int(b)) for a, b in self.store._rows(s, f"SELECT load_id, COUNT(*) FROM aep_fragments WHERE load_id IN ({', '.join('?' * len(ids))}) GROUP BY load_id", tuple(ids)))
+        if any(live.get(lid, 0) > sum(n for _, _, n in parts) for lid, _, _, parts in loads):
+            return None  # fragments the lake parts do not hold (e.g. migrated from the a001 layout)
+        fp = lakeplan.fingerprint([[int(r[0]), r[1], int(r[2]), r[3], bool(r[5]), live.get(int(r[0]))] for r in rows])
+        return loads, live, fp
+
+    def _build(self, s, loads: list, live: dict[int, int], folder: str, check) -> tuple[dict, pa.Schema] | None:
+        """Builds the sandbox's lake plan into `folder` (see the class); None when the lake cannot
+        serve exports (types that do not unify, rows kept as JSON text)."""
+        import tempfile
+
+        import duckdb
+
+        from userlens.profiles import lakeplan
+
+        # pt: the record parts (key, sidecar, rows, load, ingestion time, dataset), numbered.
+        pt = [(key, pk, n, lid, ing, ds) for lid, ds, ing, parts in loads for key, pk, n in parts if n]
+        self._tmp = tempfile.mkdtemp(prefix="ul-export-")
+        self.con = con = duckdb.connect(config={"memory_limit": self.MEMORY, "temp_directory": self._tmp, "threads": 2, "preserve_insertion_order": False})
+        if not isinstance(self.objects, LocalObjectStore):
+            con.register_filesystem(self.objects.fs)
+        schema = pa.schema([])
+        if pt:
+            try:  # the parts' columns, of the types DuckDB unifies them to (read as one table)
+                schema = con.sql(f"SELECT * FROM read_parquet({_sql_list([self._path(p[0]) for p in pt])}, union_by_name = true) LIMIT 0").to_arrow_table().schema
+            except duckdb.Error:  # types that do not unify across parts
+                return None
+            if "xdm_json" in schema.names:
+                return None  # rows kept as JSON text (fields that change type): the SQL path parses them
+        manifest: dict[str, Any] = {"parts": [list(p) for p in pt], "chunks": [], "rest": None}
         if not pt:  # no record part: nothing for the lake (nor for SQL: profiles need a record)
-            self._rest = pa.array([], pa.string())
-            return True
-        _insert(con, "pt", pa.table({
-            "pix": pa.array(range(len(pt)), pa.int64()), "path": pa.array([self._path(p[1]) for p in pt], pa.string()), "load": pa.array([p[3] for p in pt], pa.int64()),
-            "ing": pa.array([p[4] for p in pt], pa.int64()), "direct": pa.array([p[5] for p in pt], pa.bool_())}), create=True)
-        try:  # the parts' columns, of the types DuckDB unifies them to (read as one table)
-            schema = con.sql(f"SELECT * FROM read_parquet({_sql_list([self._path(p[0]) for p in pt])}, union_by_name = true) LIMIT 0").to_arrow_table().schema
-        except duckdb.Error:  # types that do not unify across parts
-            return False
-        cols = schema.names
-        if "xdm_json" in cols:
-            return False  # rows kept as JSON text (fields that change type): the SQL path parses them
-        skip = {"identityMap", "_id", "identities", "segmentMembership"}
-        self.attr_cols = [c for c in cols if not c.startswith("__") and c not in skip and (self.columns is None or c in self.columns)]
-        self.attr_schema = pa.schema([schema.field(c) for c in self.attr_cols])
+            lakeplan.write_manifest(self.objects, self.bucket, folder, manifest, schema)
+            return manifest, schema
+        # The graph: ids (graph number, identity) and xids (graph number, XID), from the xid
+        # index's order (numbers, not XIDs, in the joins: a smaller working set for DuckDB).
+        con.execute("CREATE TABLE ids (gix BIGINT, ikey VARCHAR)")
+        con.execute("CREATE TABLE xids (gix BIGINT, xid VARCHAR)")
+        gix = 0
+        for xid, ikey in self._graph_pages(s):
+            check()
+            n = len(xid)
+            start = np.ones(n, bool)
+            start[1:] = pc.not_equal(xid.slice(1), xid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+            starts = np.flatnonzero(start)
+            _insert(con, "ids", pa.table({"gix": pa.array(np.cumsum(start) - 1 + gix), "ikey": ikey}))
+            _insert(con, "xids", pa.table({"gix": pa.array(np.arange(gix, gix + len(starts))), "xid": xid.take(pa.array(starts))}))
+            gix += len(starts)
+        # Loads that lost fragments after ingestion (a deleted profile): their live primary identities.
+        con.execute("CREATE TABLE live (load BIGINT, pkey VARCHAR)")
+        partial = {lid for lid, _, _, parts in loads if live.get(lid, 0) != sum(n for _, _, n in parts)}
+        for lid in sorted(partial):
+            for batch in self.store._batches(s, "SELECT DISTINCT pkey FROM aep_fragments WHERE load_id = ?", (lid,), size=100_000):
+                _insert(con, "live", pa.table({"load": pa.array([lid] * len(batch), pa.int64()), "pkey": pa.array([r[0] for r in batch], pa.string())}))
+        _insert(con, "pt", pa.table({"pix": pa.array(range(len(pt)), pa.int64()), "path": pa.array([self._path(p[1]) for p in pt], pa.string()), "load": pa.array([p[3] for p in pt], pa.int64())}), create=True)
         # fx: the live rows of the parts (from the sidecars: part, row, primary identity) with their
-        # graph; g: live fragments per graph; rest: the graphs SQL merges.
+        # graph; g: live fragments per graph.
         live_join = f"AND (t.load NOT IN ({', '.join(str(x) for x in sorted(partial))}) OR EXISTS (SELECT 1 FROM live v WHERE v.load = t.load AND v.pkey = f.pkey))" if partial else ""
         sidecars = f"read_parquet({_sql_list([self._path(p[1]) for p in pt])}, filename = true, file_row_number = true)"
-        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, t.ing, t.direct, i.gix FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
+        con.execute(f"CREATE TABLE fx AS SELECT t.pix, f.file_row_number AS row, f.pkey, i.gix FROM {sidecars} f JOIN pt t ON t.path = f.filename JOIN ids i ON i.ikey = f.pkey WHERE true {live_join}")
         check()
-        # g: per graph with a record, its live fragments and whether the policy takes the row as is.
-        con.execute("CREATE TABLE g AS SELECT gix, COUNT(*) AS n, bool_and(direct) AS direct FROM fx GROUP BY gix")
-        # rest: the graphs SQL merges, within the guardrail (as the SQL scan).
-        self._rest = con.sql(
-            f"SELECT x.xid FROM (SELECT r.gix FROM (SELECT gix FROM g WHERE n > 1 OR NOT direct) r JOIN ids i ON i.gix = r.gix GROUP BY r.gix HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES}) k"
-            " JOIN xids x ON x.gix = k.gix ORDER BY x.xid"
-        ).to_arrow_table().column("xid").combine_chunks()
-        where = f" AND fx.ing > {int(self.from_ingest_ms)}" if self.from_ingest_ms is not None else ""
-        # snap (a view: `chunks` runs it once): the rows to export from the lake, with their graph.
-        con.execute(f"CREATE VIEW snap AS SELECT fx.pix, fx.row, fx.pkey, fx.gix FROM fx SEMI JOIN g ON g.gix = fx.gix AND g.n = 1 AND g.direct WHERE true{where}")
-        return True
+        con.execute("CREATE TABLE g AS SELECT gix, COUNT(*) AS n FROM fx GROUP BY gix")
+        out_dir = f"{self._tmp}/plan"
+        os.makedirs(out_dir)
+        # rest: the graphs SQL merges (several live fragments), within the guardrail (as the SQL scan).
+        con.execute(
+            f"COPY (SELECT x.xid FROM (SELECT r.gix FROM (SELECT gix FROM g WHERE n > 1) r JOIN ids i ON i.gix = r.gix GROUP BY r.gix HAVING COUNT(*) <= {MAX_GRAPH_IDENTITIES}) k"
+            f" JOIN xids x ON x.gix = k.gix ORDER BY x.xid) TO {_sql_str(out_dir + '/rest.parquet')} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+        )
+        manifest["rest"] = f"{folder}/rest.parquet"
+        self._upload(f"{out_dir}/rest.parquet", manifest["rest"])
+        # Consecutive row ranges of the parts, CHUNK_ROWS rows a chunk (a part may span chunks).
+        plan: list[list[tuple[int, int, int]]] = [[]]
+        room = self.CHUNK_ROWS
+        for i, (_, _, n, _, _, _) in enumerate(pt):
+            r0 = 0
+            while r0 < n:
+                if room == 0:
+                    plan.append([])
+                    room = self.CHUNK_ROWS
+                r1 = min(n, r0 + room)
+                plan[-1].append((i, r0, r1))
+                room -= r1 - r0
+                r0 = r1
+        # cr: per slice, its chunk, its number within the chunk and its part's first row; pb: each
+        # part's first row in the parts laid end to end (a row's chunk is that // CHUNK_ROWS).
+        ranges = [(c, j, pix, r0) for c, sls in enumerate(plan) for j, (pix, r0, _) in enumerate(sls)]
+        _insert(con, "cr", pa.table({n: pa.array([r[j] for r in ranges], pa.int64()) for j, n in enumerate(("chunk", "sl", "pix", "r0"))}), create=True)
+        _insert(con, "pb", pa.table({"pix": pa.array(range(len(pt)), pa.int64()), "base": pa.array(np.cumsum([0] + [p[2] for p in pt])[:-1], pa.int64())}), create=True)
+        # Every chunk's rows of single-fragment graphs (slice, row, graph, XID, primary identity),
+        # then the identities of their graphs, written to a local folder per chunk (DuckDB, in
+        # parallel); `_plan_chunk` turns each chunk's into its plan file.
+        con.execute(
+            "CREATE TABLE sc AS SELECT cr.chunk, cr.sl, fx.row - cr.r0 AS row, fx.gix, fx.pkey FROM fx SEMI JOIN g ON g.gix = fx.gix AND g.n = 1 JOIN pb ON pb.pix = fx.pix"
+            f" JOIN cr ON cr.pix = fx.pix AND cr.chunk = (pb.base + fx.row) // {int(self.CHUNK_ROWS)}"
+        )
+        check()
+        con.execute(f"COPY (SELECT sc.*, x.xid FROM sc JOIN xids x ON x.gix = sc.gix) TO {_sql_str(out_dir + '/rows')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)")
+        con.execute(f"COPY (SELECT sc.chunk, i.gix, i.ikey FROM ids i JOIN sc ON sc.gix = i.gix) TO {_sql_str(out_dir + '/ids')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)")
+        self._close_db(keep_files=True)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(c: int) -> dict:
+            check()
+            local = [f"{out_dir}/{what}/chunk={c}" for what in ("rows", "ids")]
+            entry: dict[str, Any] = {"slices": [list(x) for x in plan[c]], "rows": [], "by_ns": [{} for _ in plan[c]]}
+            if not os.path.isdir(local[0]):
+                return entry  # no row of this chunk is exported
+            table, entry["by_ns"] = _plan_chunk(*[[f"{d}/{name}" for name in sorted(os.listdir(d))] for d in local], len(plan[c]))
+            path = f"{out_dir}/plan-{c:05d}.parquet"
+            pq.write_table(table, path, compression="zstd", compression_level=1)
+            entry["rows"] = [f"{folder}/rows-{c:05d}.parquet"]
+            self._upload(path, entry["rows"][0])
+            return entry
+
+        with ThreadPoolExecutor(2, thread_name_prefix="lake-plan") as pool:  # Arrow releases the GIL
+            manifest["chunks"] = list(pool.map(one, range(len(plan))))
+        lakeplan.write_manifest(self.objects, self.bucket, folder, manifest, schema)
+        self._close_db()
+        return manifest, schema
+
+    def _upload(self, path: str, key: str) -> None:
+        with open(path, "rb") as src, self.objects.open_write(self.bucket, key) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    def _use(self, manifest: dict, schema: pa.Schema) -> None:
+        """This export's share of the plan: the chunks and slices it takes (the policy's datasets,
+        fromIngestTimestamp), the XIDs SQL merges, the attribute columns."""
+        skip = {"identityMap", "_id", "identities", "segmentMembership"}
+        self.attr_cols = [c for c in schema.names if not c.startswith("__") and c not in skip and (self.columns is None or c in self.columns)]
+        self.attr_schema = pa.schema([schema.field(c) for c in self.attr_cols])
+        parts = manifest["parts"]
+        direct_ds = None if self.policy.attribute_merge != "dataSetPrecedence" else set(self.policy.order)
+        direct = [direct_ds is None or p[5] in direct_ds for p in parts]
+        after = self.from_ingest_ms
+        rest = [self._read(manifest["rest"]).column("xid")] if manifest.get("rest") else []
+        for c in manifest["chunks"]:
+            slices = tuple(LakeSlice(parts[pix][0], r0, r1, int(parts[pix][4])) for pix, r0, r1 in c["slices"])
+            if not c["rows"]:
+                continue
+            keep = tuple(j for j, (pix, _, _) in enumerate(c["slices"]) if direct[pix] and (after is None or int(parts[pix][4]) > after))
+            indirect = [j for j, (pix, _, _) in enumerate(c["slices"]) if not direct[pix]]
+            if indirect:  # single-fragment graphs the policy must look at: SQL merges them
+                t = pa.concat_tables([self._read(k, ["sl", "xid"]) for k in c["rows"]])
+                rest.append(t.filter(pc.is_in(t.column("sl"), pa.array(indirect, pa.int32()))).column("xid"))
+            if keep:
+                by_ns: dict[str, int] = {}
+                for j in keep:
+                    for code, n in c["by_ns"][j].items():
+                        by_ns[code] = by_ns.get(code, 0) + n
+                self._chunks.append(LakeChunk(len(self._chunks), slices, tuple(c["rows"]), keep, tuple(sorted(by_ns.items()))))
+        xids = pa.chunked_array([x for col in rest for x in col.chunks], pa.string()).combine_chunks() if rest else pa.array([], pa.string())
+        if len(rest) > 1:
+            xids = pc.unique(xids)
+            xids = xids.take(pc.sort_indices(xids))
+        self._rest = xids
+
+    def _read(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        with self.objects.open_read(self.bucket, key) as f:
+            return pq.read_table(f, columns=columns)
 
     def _graph_pages(self, s) -> Iterator[tuple[pa.Array, pa.Array]]:
         """(xid, ikey) of the sandbox's identities in (xid, ikey) order, in pages that never split a
@@ -788,61 +922,9 @@ class LakeExport:
                 return
             after = last
 
-    def chunks(self, prefix: str, check=None) -> list[LakeChunk]:
-        """Cuts the parts into chunks and writes each chunk's graph snapshot under `prefix` (the
-        attempt's staging folder); then closes the job's DuckDB (its memory given back before the
-        chunks run). Chunks without a row to export are left out."""
-        con, pt = self.con, self._parts
-        if con is None or not pt:
-            self.close()
-            return []
-        # Consecutive row ranges of the parts, CHUNK_ROWS rows a chunk (a part may span chunks).
-        plan: list[list[tuple[int, LakeSlice]]] = [[]]
-        room = self.CHUNK_ROWS
-        for i, (key, _, n, _, ing, _) in enumerate(pt):
-            r0 = 0
-            while r0 < n:
-                if room == 0:
-                    plan.append([])
-                    room = self.CHUNK_ROWS
-                r1 = min(n, r0 + room)
-                plan[-1].append((i, LakeSlice(key, r0, r1, ing)))
-                room -= r1 - r0
-                r0 = r1
-        # cr: per slice, its chunk, its number within the chunk and its part's first row; pb: each
-        # part's first row in the parts laid end to end (a row's chunk is that // CHUNK_ROWS).
-        ranges = [(c, j, pix, sl.r0) for c, sls in enumerate(plan) for j, (pix, sl) in enumerate(sls)]
-        _insert(con, "cr", pa.table({n: pa.array([r[j] for r in ranges], pa.int64()) for j, n in enumerate(("chunk", "sl", "pix", "r0"))}), create=True)
-        _insert(con, "pb", pa.table({"pix": pa.array(range(len(pt)), pa.int64()), "base": pa.array(np.cumsum([0] + [p[2] for p in pt])[:-1], pa.int64())}), create=True)
-        # Every chunk's rows (slice, row, XID, primary identity), then the identities of their graphs,
-        # written to a local folder per chunk (DuckDB, in parallel), then copied to the store: the
-        # chunks build their graphs' member lists themselves.
-        con.execute(
-            "CREATE TABLE sc AS SELECT cr.chunk, cr.sl, s.row - cr.r0 AS row, s.gix, s.pkey FROM snap s JOIN pb ON pb.pix = s.pix"
-            f" JOIN cr ON cr.pix = s.pix AND cr.chunk = (pb.base + s.row) // {int(self.CHUNK_ROWS)}"
-        )
-        out_dir = f"{self._tmp}/chunks"
-        os.makedirs(out_dir)
-        con.execute(f"COPY (SELECT sc.*, x.xid FROM sc JOIN xids x ON x.gix = sc.gix) TO {_sql_str(out_dir + '/rows')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)")
-        con.execute(
-            f"COPY (SELECT sc.chunk, i.gix, i.ikey FROM ids i JOIN sc ON sc.gix = i.gix) TO {_sql_str(out_dir + '/ids')} (FORMAT parquet, PARTITION_BY (chunk), COMPRESSION zstd, COMPRESSION_LEVEL 1)"
-        )
-        out: list[LakeChunk] = []
-        for c, sls in enumerate(plan):
-            if check is not None:
-                check()
-            keys: dict[str, list[str]] = {"rows": [], "ids": []}
-            for what in keys:
-                folder = f"{out_dir}/{what}/chunk={c}"
-                for j, name in enumerate(sorted(os.listdir(folder)) if os.path.isdir(folder) else []):
-                    keys[what].append(f"{prefix}/{what}-{c:05d}-{j:03d}.parquet")
-                    with open(f"{folder}/{name}", "rb") as src, self.objects.open_write(self.bucket, keys[what][-1]) as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-            if not keys["rows"]:
-                continue  # no row of this chunk is exported
-            out.append(LakeChunk(len(out), tuple(sl for _, sl in sls), tuple(keys["rows"]), tuple(keys["ids"])))
-        self.close()
-        return out
+    def chunks(self) -> list[LakeChunk]:
+        """The chunks the executor runs (those with a row this export takes)."""
+        return self._chunks
 
     def rest(self, per_page: int = 50_000) -> Iterator[list[str]]:
         """The XIDs left to the SQL path, in pages."""
@@ -850,13 +932,20 @@ class LakeExport:
         for i in range(0, len(xids), per_page):
             yield xids.slice(i, per_page).to_pylist()
 
-    def close(self) -> None:
+    def _close_db(self, keep_files: bool = False) -> None:
         if self.con is not None:
             self.con.close()
             self.con = None
-        if self._tmp:
+        if self._tmp and not keep_files:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+    def close(self) -> None:
+        """Gives back the job's DuckDB; a plan this export built and could not install is removed."""
+        self._close_db()
+        if self._private and self.plan:
+            self.objects.delete_prefix(self.bucket, self.plan)
+            self._private = False
 
 
 def lake_path(objects, bucket: str, key: str) -> str:
@@ -864,21 +953,12 @@ def lake_path(objects, bucket: str, key: str) -> str:
     return objects.path(bucket, key) if isinstance(objects, LocalObjectStore) else f"s3://{objects.path(bucket, key)}"
 
 
-def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, batch_rows: int = LakeExport.BATCH_ROWS) -> Iterator[ScanPage]:
-    """The profiles of one lake export chunk (an executor chunk: no database): the part rows its
-    `rows` files name, taken by position, with their graph's XID and members (from its `ids`), in
-    pages of at most `batch_rows`. Columns are those of `schema` (the parts read as one table: a
-    column a part lacks is null)."""
-
-    def read(keys) -> pa.Table:
-        tables = []
-        for key in keys:
-            with objects.open_read(bucket, key) as f:
-                tables.append(pq.read_table(f))
-        return pa.concat_tables(tables).combine_chunks()
-
-    # The graphs: identities sorted by (graph, identity), a member list per graph.
-    ids = read(chunk.ids).sort_by([("gix", "ascending"), ("ikey", "ascending")])
+def _plan_chunk(rows_files: list[str], ids_files: list[str], slices: int) -> tuple[pa.Table, list[dict[str, int]]]:
+    """One chunk's plan file, from what the build's DuckDB wrote for it (its rows: slice, row, graph,
+    XID, primary identity; the identities of their graphs): its rows in (slice, row) order with
+    their XID and their profile's `identities` and `identityMap` columns, and the profiles per
+    namespace of each slice (the export's counters). Graphs over the guardrail are left out."""
+    ids = pa.concat_tables([pq.read_table(f) for f in ids_files]).sort_by([("gix", "ascending"), ("ikey", "ascending")])
     gix = ids.column("gix").to_numpy()
     m = len(gix)
     start = np.ones(m, bool)
@@ -887,16 +967,42 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
     offsets = np.append(starts, m).astype(np.int32)
     groups = pa.ListArray.from_arrays(pa.array(offsets), ids.column("ikey").combine_chunks())
     uniq = gix[starts]
-    del ids, gix
-    # The rows, in part order, each with its graph (a graph over the guardrail is not exported).
-    graph = read(chunk.rows)
+    graph = pa.concat_tables([pq.read_table(f) for f in rows_files])
     gi = np.searchsorted(uniq, graph.column("gix").to_numpy())
     keep = np.diff(offsets)[gi] <= MAX_GRAPH_IDENTITIES
     order = np.flatnonzero(keep)[np.lexsort((graph.column("row").to_numpy()[keep], graph.column("sl").to_numpy()[keep]))]
     graph = graph.take(pa.array(order, pa.int64()))
-    gi = gi[order]
-    sl_col = graph.column("sl").to_numpy()
-    rows = graph.column("row").to_numpy()
+    taken = groups.take(pa.array(gi[order], pa.int64()))
+    lens = np.diff(taken.offsets.to_numpy())
+    offs = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
+    flat = pc.list_flatten(taken)
+    members = pa.ListArray.from_arrays(offs, flat)
+    pkeys = graph.column("pkey").combine_chunks().take(pa.array(np.repeat(np.arange(len(graph)), lens), pa.int64()))
+    primary = pa.ListArray.from_arrays(offs, pc.equal(flat, pkeys))
+    n = len(graph)
+    xid = graph.column("xid").combine_chunks().cast(pa.string())
+    identities, identity_map = identity_columns(ScanPage(xid, None, members, primary, np.ones(n, bool), np.zeros(n, np.int64)))
+    sl = graph.column("sl").to_numpy().astype(np.int32)
+    table = pa.table({"sl": sl, "row": graph.column("row").to_numpy().astype(np.int32), "xid": xid, "identities": identities, "identityMap": identity_map})
+    return table, namespace_counts(members, sl, slices)
+
+
+def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, batch_rows: int = LakeExport.BATCH_ROWS, ids: bool = True) -> Iterator[ScanPage]:
+    """The profiles of one lake export chunk (an executor chunk: no database): the part rows of the
+    slices it keeps that its plan file names, taken by position, with their XID and (with `ids`)
+    their identities and identityMap, in pages of at most `batch_rows`. Columns are those of
+    `schema` (the parts read as one table: a column a part lacks is null)."""
+    tables = []
+    for key in chunk.rows:
+        with objects.open_read(bucket, key) as f:
+            tables.append(pq.read_table(f, columns=["sl", "row", "xid", *(["identities", "identityMap"] if ids else [])]))
+    plan = pa.concat_tables(tables)  # in (slice, row) order
+    sl_col = plan.column("sl").to_numpy()
+    if len(chunk.keep) < len(chunk.slices):
+        mask = np.isin(sl_col, np.asarray(chunk.keep, np.int32))
+        plan, sl_col = plan.filter(pa.array(mask)), sl_col[mask]
+    plan = plan.combine_chunks()
+    rows = plan.column("row").to_numpy()
     bounds = np.searchsorted(sl_col, np.arange(len(chunk.slices) + 1))
     for j, sl in enumerate(chunk.slices):
         a, b = int(bounds[j]), int(bounds[j + 1])
@@ -911,17 +1017,9 @@ def lake_chunk_pages(objects, bucket: str, chunk: LakeChunk, schema: pa.Schema, 
             k = min(b, i + batch_rows)
             n = k - i
             attrs = _conform(part.take(pa.array(rows[i:k], pa.int64())) if part is not None else _no_columns(n), schema)
-            g = graph.slice(i, n)
-            # members with offsets from 0 (ScanPage's consumers pair list offsets with flattened
-            # values); primary: each member is the row's primary identity (its fragment key)
-            taken = groups.take(pa.array(gi[i:k], pa.int64()))
-            lens = np.diff(taken.offsets.to_numpy())
-            offs = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
-            flat = pc.list_flatten(taken)
-            members = pa.ListArray.from_arrays(offs, flat)
-            pkeys = g.column("pkey").combine_chunks().take(pa.array(np.repeat(np.arange(n), lens), pa.int64()))
-            primary = pa.ListArray.from_arrays(offs, pc.equal(flat, pkeys))
-            yield ScanPage(g.column("xid").combine_chunks().cast(pa.string()), None, members, primary, np.ones(n, bool), np.full(n, sl.ingest_ms, np.int64), table=attrs)
+            g = plan.slice(i, n)
+            idc = (g.column("identities").chunk(0).cast(pa.list_(IDENTITY_ITEM)), g.column("identityMap").chunk(0).cast(IDENTITY_MAP)) if ids else None
+            yield ScanPage(g.column("xid").chunk(0), None, None, None, np.ones(n, bool), np.full(n, sl.ingest_ms, np.int64), table=attrs, ids=idc)
         del part
 
 
@@ -1035,6 +1133,8 @@ IDENTITY_MAP = pa.map_(pa.string(), pa.list_(pa.struct([("id", pa.string()), ("p
 def identity_columns(page: ScanPage) -> tuple[pa.Array, pa.Array]:
     """(identities, identityMap) of each profile, column-wise from its members: identities as
     list<{id, namespace{code}, primary}>, identityMap as map<namespace, list<{id, primary}>>."""
+    if page.ids is not None:
+        return page.ids
     members = page.members
     flat = pc.list_flatten(members)
     prim = pc.list_flatten(page.primary)
@@ -1062,3 +1162,28 @@ def identity_columns(page: ScanPage) -> tuple[pa.Array, pa.Array]:
     else:
         identity_map = pa.array([[]] * n, IDENTITY_MAP)
     return identities, identity_map
+
+
+def namespace_counts(members: pa.Array, group: np.ndarray, groups: int) -> list[dict[str, int]]:
+    """Per group of profiles (`group`: each profile's group number), how many profiles have an
+    identity of each namespace (a profile counts once per namespace)."""
+    out: list[dict[str, int]] = [{} for _ in range(groups)]
+    flat = pc.list_flatten(members)
+    if not len(flat):
+        return out
+    n = len(members)
+    row = np.repeat(np.arange(n, dtype=np.int64), np.diff(members.offsets.to_numpy()))
+    ns = pc.list_element(pc.split_pattern(flat, ":", max_splits=1), 0).dictionary_encode()
+    k = len(ns.dictionary)
+    pair = row * k + ns.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if n * k <= 1 << 24:  # each (profile, namespace) once: a presence table (no sort)
+        seen = np.zeros(n * k, bool)
+        seen[pair] = True
+        pair = np.flatnonzero(seen)
+    else:
+        pair = np.unique(pair)
+    counts = np.bincount(np.asarray(group, np.int64)[pair // k] * k + pair % k, minlength=groups * k).reshape(groups, k)
+    codes = ns.dictionary.to_pylist()
+    for g in range(groups):
+        out[g] = {code: int(c) for code, c in zip(codes, counts[g].tolist()) if c}
+    return out

@@ -505,9 +505,12 @@ class ProfileStore:
         """Serializes the transactions that rewrite a sandbox's identity graph. PostgreSQL: a
         transaction-scoped advisory lock (re-entrant, released at commit or rollback). SQLite has one
         writer at a time: a transaction that has written holds the database's write lock, and these
-        transactions write (hide loads, publish a load) before they read the graph."""
+        transactions write (hide loads, publish a load) before they read the graph.
+        Each such transaction also counts a new version of the graph (``aep_lake_plans``): a lake
+        export plan built for an older version is not used (profiles/lakeplan.py)."""
         if s.bind.dialect.name == "postgresql":
             self._rows(s, "SELECT pg_advisory_xact_lock(hashtext(?))", (f"userlens:aep-graph:{sandbox_id}",))
+        self._execute(s, "INSERT INTO aep_lake_plans (sandbox_id, graph_version) VALUES (?, 1) ON CONFLICT (sandbox_id) DO UPDATE SET graph_version = aep_lake_plans.graph_version + 1", (sandbox_id,))
 
     def retire_loads(self, s: Session, sandbox_id: str, load_ids: list[int]) -> int:
         """Step 1 of a deletion, in the caller's transaction: hides these loads and recomputes the
