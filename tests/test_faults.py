@@ -125,9 +125,11 @@ def one_round(w, tmp_path, rng: random.Random, hits: collections.Counter, r: int
     seg = a.call("POST", "/data/core/ups/segment/definitions", {"name": f"named{r}", "schema": {"name": "_xdm.context.profile"}, "expression": {"type": "PQL", "format": "pql/text", "value": 'person.name = "n1"'}}, expect=(200,))
     sjob = a.call("POST", "/data/core/ups/segment/jobs", [{"segmentId": seg["id"]}], expect=(200,))
     exp = a.call("POST", "/data/core/ups/export/jobs", {"destination": {"datasetId": w.extra["union"]}, "schema": {"name": "_xdm.context.profile"}}, expect=(200,))
+    # and one the lake serves (a projection without segmentMembership): its first attempt builds the lake plan
+    exp_lake = a.call("POST", "/data/core/ups/export/jobs", {"fields": "identityMap,person", "destination": {"datasetId": w.extra["union"]}, "schema": {"name": "_xdm.context.profile"}}, expect=(200,))
     rid = a.call("POST", "/data/core/ups/system/jobs", {"dataSetId": doomed}, expect=(200,))["id"]
     with w.svc.db.session() as s:
-        stage2 = [s.get(Task, tid).job_id, s.get(CustomAttributes, caid).job_id, s.get(SegmentJob, sjob["id"]).job_id, s.get(ExportJob, exp["id"]).job_id, rid]
+        stage2 = [s.get(Task, tid).job_id, s.get(CustomAttributes, caid).job_id, s.get(SegmentJob, sjob["id"]).job_id, s.get(ExportJob, exp["id"]).job_id, s.get(ExportJob, exp_lake["id"]).job_id, rid]
     kill_loop(w, tmp_path, stage2, rng, hits, f"r{r}s2")
 
     # Stage 3: a Run and a Shopping Intent profile of the Task.
@@ -161,14 +163,15 @@ def one_round(w, tmp_path, rng: random.Random, hits: collections.Counter, r: int
         assert s.get(SegmentJob, sjob["id"]).status == "SUCCEEDED"
         sj = s.get(SystemJob, rid)
         assert sj.status == "COMPLETED" and sj.records_processed == sj.records_total == 50, (sj.status, sj.error)
-        e = s.get(ExportJob, exp["id"])
+        exports = [s.get(ExportJob, x["id"]) for x in (exp, exp_lake)]
+        outs = [s.get(Batch, e.destination["batchId"]) for e in exports]
+    for e, out in zip(exports, outs):
         assert e.status == "SUCCEEDED", e.errors
-        out = s.get(Batch, e.destination["batchId"])
-    rows = 0
-    for part in out.lake_files:
-        with w.store.open_read(w.settings.internal_bucket, part["key"]) as f:
-            rows += pq.read_metadata(f).num_rows
-    assert rows == out.record_count == e.metrics["totalExportedProfileCounter"] > 0
+        rows = 0
+        for part in out.lake_files:
+            with w.store.open_read(w.settings.internal_bucket, part["key"]) as f:
+                rows += pq.read_metadata(f).num_rows
+        assert rows == out.record_count == e.metrics["totalExportedProfileCounter"] > 0
 
 
 @pytest.mark.timeout(3600 if SOAK else 300)
