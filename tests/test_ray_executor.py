@@ -87,3 +87,26 @@ def test_cancel_stops_outstanding_chunks(executor):
     assert written < 40
     time.sleep(1.0)
     assert len(store.list("bkt-1", "out")) == written  # nothing still running writes after map returned
+
+
+def track_concurrency(store, shared, item):
+    """A chunk that records how many chunks run at once."""
+    with shared["lock"]:
+        shared["now"] += 1
+        shared["peak"] = max(shared["peak"], shared["now"])
+    time.sleep(0.05)
+    with shared["lock"]:
+        shared["now"] -= 1
+    return item
+
+
+@pytest.mark.parametrize("threads, peak", [(1, 1), (None, 2)])
+def test_local_executor_runs_its_fixed_threads_else_the_jobs_cores(tmp_path, threads, peak):
+    """LocalExecutor(threads=1) is bench/scale.py's 1-worker reference: one chunk at a time, whatever
+    the job's cores; without it, ctx.cores() chunks run at once."""
+    import threading
+
+    store = LocalObjectStore(tmp_path / "buckets")
+    shared = {"lock": threading.Lock(), "now": 0, "peak": 0}
+    assert LocalExecutor(store, threads=threads).map(FakeCtx(), track_concurrency, list(range(8)), shared=shared) == list(range(8))
+    assert shared["peak"] == peak

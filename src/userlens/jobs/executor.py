@@ -126,15 +126,16 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """Chunks on this process's threads, `local_threads` (default ctx.cores()) at a time."""
+    """Chunks on this process's threads, `local_threads` (default: `threads`, else ctx.cores()) at a time."""
 
     name = "local"
 
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, threads: int | None = None):
         self.store = store
+        self.threads = threads  # a fixed number of threads (bench/scale.py's 1-thread reference), else the job's cores
 
     def map(self, ctx, fn, items, *, shared=None, on_result=None, local_threads=None):
-        threads = max(1, local_threads or ctx.cores())
+        threads = max(1, local_threads or self.threads or ctx.cores())
         results: list[Any] = []
         pending: deque[Future] = deque()
         todo = iter(items)
