@@ -14,8 +14,10 @@ A plan is current when
 * its graph version is the sandbox's: every transaction that rewrites the graph (ingest
   publication, deletions, re-graphing) adds one to ``aep_lake_plans.graph_version``
   (``ProfileStore.graph_lock``), and
-* its load fingerprint is the one of the sandbox's visible loads now (their ids, datasets, Profile
-  flags and live record counts: a dataset switched off for Profile, or a profile deleted, changes it).
+* its load fingerprint is the one of the sandbox's visible loads now (their ids, datasets, ingestion
+  times, behaviours and Profile flags: a dataset switched off for Profile changes it). Live record
+  counts are not in it: the fragments of visible loads change only in graph-writing transactions
+  (an entity delete removes fragments, then re-graphs), which count a new version anyway.
 
 Layout: ``aep/{org}/{sandbox}/lake-plans/{job}/{attempt}/`` (written by that export attempt):
 ``manifest.json`` (the parts, their unified Arrow schema, the chunks' slices and files), ``rest.parquet``
