@@ -507,7 +507,9 @@ class ProfileStore:
         writer at a time: a transaction that has written holds the database's write lock, and these
         transactions write (hide loads, publish a load) before they read the graph.
         Each such transaction also counts a new version of the graph (``aep_lake_plans``): a lake
-        export plan built for an older version is not used (profiles/lakeplan.py)."""
+        export plan built for an older version is not used (profiles/lakeplan.py). A lake plan's
+        fingerprint leaves out live record counts, so every transaction that removes or adds
+        fragments of a visible load must take this lock (entity deletes do, through `regraph`)."""
         if s.bind.dialect.name == "postgresql":
             self._rows(s, "SELECT pg_advisory_xact_lock(hashtext(?))", (f"userlens:aep-graph:{sandbox_id}",))
         self._execute(s, "INSERT INTO aep_lake_plans (sandbox_id, graph_version) VALUES (?, 1) ON CONFLICT (sandbox_id) DO UPDATE SET graph_version = aep_lake_plans.graph_version + 1", (sandbox_id,))
